@@ -1,0 +1,208 @@
+"""The one ONNX Runtime session helper: every session in MAI opens here.
+
+`--device auto|cuda|cpu`: CUDA (and TensorRT, opt-in with MAI_TENSORRT=1) only
+where it really loads, the CPU provider otherwise. ONNX Runtime lists CUDA as
+available on machines without a GPU and then falls back to the CPU silently,
+printing errors; so we ask for CUDA only when the driver library loads, hide
+ONNX Runtime's own log lines, check the providers the session really got, and
+say in one quiet line which one runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mai.artifact import ArtifactError, default_model_dir
+from mai.errors import MaiError
+from mai.preprocess import PreprocessSpec
+
+DEVICES = ("auto", "cuda", "cpu")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+
+class SessionError(MaiError):
+    """A model that cannot be opened, or a device that cannot be used."""
+
+
+def _driver_loads() -> str | None:
+    """None when the NVIDIA driver library loads, else why not."""
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        ctypes.CDLL(name)
+        return None
+    except OSError as e:
+        return f"no NVIDIA driver ({name}: {e})"
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """onnxruntime.preload_dlls() prints failures on stdout, where JSON Lines go."""
+    fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else None
+    try:
+        if fd is None:
+            raise OSError
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def gpu_providers(ort: Any) -> tuple[list[str], str | None]:
+    """The GPU providers worth asking for here, or [] and the reason."""
+    available = ort.get_available_providers()
+    if CUDA not in available:
+        return [], "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+    why = _driver_loads()
+    if why:
+        return [], why
+    if hasattr(ort, "preload_dlls"):
+        # With torch's NVIDIA wheels installed this finds CUDA and cuDNN there.
+        with _stdout_to_stderr(), contextlib.suppress(Exception):
+            ort.preload_dlls()
+    wanted = [CUDA]
+    if os.environ.get("MAI_TENSORRT") == "1" and TENSORRT in available:
+        wanted.insert(0, TENSORRT)
+    return wanted, None
+
+
+@dataclass
+class OnnxModel:
+    """An opened MAI ONNX model: its session, metadata and preprocessing spec."""
+
+    path: Path
+    session: Any
+    provider: str
+    meta: dict[str, str]
+    fallback_reason: str | None = None
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_json(self.meta["mai.preprocess"])
+
+    @property
+    def model_id(self) -> str:
+        return self.meta["mai.model_id"]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["mai.threshold"])
+
+    @property
+    def uncertain(self) -> tuple[float, float]:
+        lo, hi = json.loads(self.meta["mai.uncertain"])
+        return float(lo), float(hi)
+
+    @property
+    def precision(self) -> str:
+        return self.meta.get("mai.precision", "fp32")
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.provider == CPU else "cuda"
+
+    def describe(self) -> str:
+        short = self.provider.replace("ExecutionProvider", "")
+        why = f" ({self.fallback_reason})" if self.fallback_reason else ""
+        return f"{self.model_id} {self.precision} on ONNX Runtime {short}{why}"
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N, H, W, 3) at the model's input size -> (logit, prob), float32 (N,)."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise SessionError(f"expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        logit, prob = self.session.run(["logit", "prob"], {"image": np.ascontiguousarray(images)})
+        return logit, prob
+
+
+REQUIRED_META = ("mai.schema", "mai.model_id", "mai.preprocess", "mai.threshold", "mai.uncertain")
+
+
+def resolve_onnx(path: str | os.PathLike[str] | None, device: str) -> Path:
+    """A .onnx file from a file, a model folder, or None (the default model).
+
+    In a folder, fp16 is preferred on CUDA and fp32 elsewhere (fp16 runs slower
+    on the CPU provider).
+    """
+    p = Path(path) if path is not None else default_model_dir()
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise SessionError(f"model not found: {p}")
+    order = ["fp16", "fp32"] if device == "cuda" else ["fp32", "fp16"]
+    for prec in order:
+        f = p / f"model.{prec}.onnx"
+        if f.is_file():
+            return f
+    raise SessionError(f"{p} holds no model.fp32.onnx or model.fp16.onnx; create them with `mai export onnx --model {p}`")
+
+
+def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto", threads: int | None = None,
+               log: Any = None) -> OnnxModel:
+    """Open a MAI ONNX model on the best provider `device` allows.
+
+    `log` (a callable taking one line) hears which provider runs.
+    """
+    if device not in DEVICES:
+        raise SessionError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    import onnxruntime as ort
+
+    # Severity 3 hides ONNX Runtime's own warnings about providers that fail to
+    # load; set before any session exists (SessionOptions' level does not reach them).
+    ort.set_default_logger_severity(3)
+    providers: list[str] = []
+    reason: str | None = None
+    if device in ("auto", "cuda"):
+        providers, reason = gpu_providers(ort)
+        if device == "cuda" and not providers:
+            raise SessionError(f"--device cuda: CUDA cannot be used here: {reason}; use --device cpu or auto")
+    f = resolve_onnx(path, "cuda" if providers else "cpu")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        sess = ort.InferenceSession(str(f), sess_options=opts, providers=[*providers, CPU])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SessionError(f"cannot open {f} with ONNX Runtime: {first}") from e
+    active = sess.get_providers()[0]
+    if providers and active == CPU:
+        reason = "the CUDA provider did not load"
+        if device == "cuda":
+            raise SessionError(f"--device cuda: {reason} (check CUDA 12/13 and cuDNN 9 libraries); use --device cpu")
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise SessionError(f"{f} is not a MAI model (missing metadata {', '.join(missing)}); "
+                           "export one with `mai export onnx`")
+    model = OnnxModel(f, sess, active, meta, reason if device == "auto" and active == CPU and providers else None)
+    try:
+        model.spec
+    except MaiError as e:
+        raise SessionError(f"{f}: {e}") from e
+    if log is not None:
+        log(f"model: {model.describe()}")
+    return model
+
+
+__all__ = ["OnnxModel", "SessionError", "open_model", "resolve_onnx", "gpu_providers", "ArtifactError"]

@@ -1,0 +1,178 @@
+"""The model artifact: a folder with `model.safetensors` and `mai.json`.
+
+Anything that loads a model reads only this. `mai.json` holds the architecture
+and its arguments, the preprocessing spec, the decision threshold and the
+uncertainty band with how they were chosen, validation metrics, the data
+fingerprint and split rule, how it was trained, and library versions.
+
+The embedded default model is such a folder inside the package
+(`mai/default_model`), found through `importlib.resources`.
+"""
+
+from __future__ import annotations
+
+from mai.errors import MaiError
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mai.preprocess import PreprocessSpec, SpecError
+
+SCHEMA = "mai.model/1"
+META_NAME = "mai.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ArtifactError(MaiError, ValueError):
+    """A model folder that cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class Artifact:
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.meta["preprocess"])
+
+    @property
+    def model_id(self) -> str:
+        return str(self.meta["model_id"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def uncertain(self) -> tuple[float, float]:
+        lo, hi = self.meta.get("uncertain") or (self.threshold, self.threshold)
+        return float(lo), float(hi)
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS_NAME
+
+    def onnx_path(self, precision: str = "fp32") -> Path:
+        return self.path / f"model.{precision}.onnx"
+
+
+def default_model_dir() -> Path:
+    """The artifact shipped inside the package."""
+    return Path(str(resources.files("mai") / "default_model"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_artifact(path: str | os.PathLike[str] | None = None) -> Artifact:
+    """Read an artifact's metadata (no weights, no torch). None means the default."""
+    p = Path(path) if path is not None else default_model_dir()
+    if p.is_file() and p.name == META_NAME:
+        p = p.parent
+    meta_path = p / META_NAME
+    if not p.exists():
+        raise ArtifactError(f"model not found: {p}")
+    if not meta_path.is_file():
+        hint = " (an .onnx file goes to mai-scan --model)" if p.suffix == ".onnx" else ""
+        raise ArtifactError(f"{p} is not a MAI model folder: it has no {META_NAME}{hint}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{meta_path} is not readable JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
+        raise ArtifactError(
+            f"{meta_path} has schema {meta.get('schema') if isinstance(meta, dict) else None!r}, "
+            f"this MAI reads {SCHEMA!r}"
+        )
+    for key in ("model_id", "architecture", "preprocess", "threshold"):
+        if key not in meta:
+            raise ArtifactError(f"{meta_path} lacks {key!r}; re-create it with `mai train`")
+    art = Artifact(p, meta)
+    try:
+        art.spec
+    except SpecError as e:
+        raise ArtifactError(f"{meta_path}: {e}") from e
+    return art
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("mai-detect", "torch", "numpy", "pillow", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save_artifact(out: Path, model: Any, meta: dict[str, Any], name: str) -> Artifact:
+    """Write weights and metadata; the model id names the weights' hash."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (WEIGHTS_NAME + ".tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / WEIGHTS_NAME)
+    digest = sha256_file(out / WEIGHTS_NAME)
+    meta = {"schema": SCHEMA, "model_id": f"{name}@{digest[:8]}", "weights_sha256": digest, **meta}
+    meta.setdefault("versions", versions())
+    tmpm = out / (META_NAME + ".tmp")
+    tmpm.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmpm, out / META_NAME)
+    return Artifact(out, meta)
+
+
+def load_torch_model(art: Artifact) -> Any:
+    """Build the architecture and load the weights (torch). Refuses weights that
+    are corrupt, altered since `mai.json` was written, or of another shape."""
+    from safetensors import SafetensorsError
+    from safetensors.torch import load_file
+
+    from mai.registry import UnknownModelError, create_model
+
+    arch = art.meta["architecture"]
+    try:
+        model = create_model(arch["name"], **arch.get("args", {}))
+    except (UnknownModelError, TypeError) as e:
+        raise ArtifactError(f"{art.path}: cannot build architecture: {e}") from e
+    if not art.weights.is_file():
+        raise ArtifactError(f"{art.path} has no {WEIGHTS_NAME}")
+    want = art.meta.get("weights_sha256")
+    if want and sha256_file(art.weights) != want:
+        raise ArtifactError(
+            f"{art.weights} does not match the hash in {META_NAME}: the file is corrupt "
+            "or was replaced; restore it or re-train"
+        )
+    try:
+        state = load_file(str(art.weights))
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise ArtifactError(f"{art.weights} is not a readable safetensors file: {e}") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:3]
+        raise ArtifactError(
+            f"{art.weights} does not fit architecture {arch['name']!r}: {' '.join(first)}"
+        ) from e
+    model.eval()
+    return model
+
+
+def python_command() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

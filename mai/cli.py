@@ -1,0 +1,166 @@
+"""The `mai` command: train, evaluate and (through plugins) export detectors.
+
+Subcommands from other rooms (`mai export`, from the `export` package) join
+through the `mai.commands` entry-point group, so `mai` never imports them by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+import click
+
+from mai.errors import MaiError
+
+
+class _Group(click.Group):
+    """A group that adds plugin commands and turns known errors into one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(ep.name for ep in entry_points(group="mai.commands"))})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            for ep in entry_points(group="mai.commands"):
+                if ep.name == name:
+                    try:
+                        return ep.load()
+                    except ImportError as e:
+                        # A broken plugin must not take `mai --help` down with it.
+                        click.echo(f"mai: command {name!r} is unavailable: {e}", err=True)
+                        return None
+        return cmd
+
+
+def run_main(cli: click.Command, prog: str) -> None:
+    """Run a Click command; a `MaiError` is one line on stderr and exit 2."""
+    try:
+        cli.main(prog_name=prog, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except MaiError as e:
+        if os.environ.get("MAI_DEBUG"):
+            raise
+        click.echo(f"{prog}: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mai-detect")
+def cli() -> None:
+    """MAI, the Multilayer Authenticity Identifier: train, evaluate and export
+    detectors of AI-generated images.
+
+    \b
+    Examples:
+      mai train cnn --data cifake-train.tar --out runs/cifake --epochs 10
+      mai eval --data imagenet-samples-real.tar            # the default model
+      mai eval --model runs/cifake --data cifake-train.tar --split val --json
+      mai export onnx --precision all
+
+    Exit status: 0 success, 1 unexpected failure, 2 a usage or input error
+    (one line; MAI_DEBUG=1 shows the traceback), 130 interrupted.
+    """
+
+
+@cli.group()
+def train() -> None:
+    """Train a detector."""
+
+
+@train.command("cnn")
+@click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder; re-running resumes it.")
+@click.option("--arch", default="mai_cnn", show_default=True, help="Registered architecture (`mai models`).")
+@click.option("--name", default=None, help="Model name in its id (default: the --out folder's name).")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--optimizer", default="rmsprop", show_default=True, type=click.Choice(["rmsprop", "adamw", "sgd"]))
+@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]))
+@click.option("--warmup-steps", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="Data-loader processes.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads (default: all cores).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]))
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Use only this many training images.")
+@click.option("--flip", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--shift", default=0.125, show_default=True, type=click.FloatRange(0, 0.5))
+@click.option("--jpeg", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="P(JPEG re-encode).")
+@click.option("--blur", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="P(Gaussian blur).")
+@click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
+              help="Choose the threshold for this validation false-positive rate (default: max balanced accuracy).")
+@click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
+              help="Verdicts outside the uncertainty band must be this precise on validation.")
+@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
+def train_cnn_cmd(**kw: Any) -> None:
+    """Train a CNN detector; the run folder becomes a model artifact.
+
+    \b
+    Example:
+      mai train cnn --data cifake-train.tar --out runs/cifake \\
+          --optimizer adamw --lr 1e-3 --epochs 8
+    """
+    from mai.train import Augment, TrainConfig, train_cnn
+
+    aug = Augment(flip=kw.pop("flip"), shift=kw.pop("shift"), jpeg=kw.pop("jpeg"), blur=kw.pop("blur"))
+    kw["amp"] = kw.pop("amp")
+    cfg = TrainConfig(augment=aug, **kw)
+    train_cnn(cfg)
+
+
+@cli.command("eval")
+@click.option("--model", "model_path", default=None, help="Model folder (default: the embedded model).")
+@click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
+@click.option("--split", default="all", show_default=True, type=click.Choice(["all", "val", "train"]),
+              help="Which part of the hash split to score (val = what training held out).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Score at most this many images.")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def eval_cmd(model_path: str | None, data: str, split: str, limit: int | None, batch_size: int,
+             device: str, as_json: bool) -> None:
+    """Evaluate a model: accuracy, balanced accuracy, ROC-AUC, AP, TPR/FPR at its
+    stored threshold, and a per-source table.
+
+    \b
+    Examples:
+      mai eval --data imagenet-samples-real.tar
+      mai eval --model runs/cifake --data cifake-train.tar --split val --json
+    """
+    from mai.evaluate_cli import run_eval
+
+    rep = run_eval(model_path, data, split, limit, batch_size, device)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+    else:
+        from mai.evaluate_cli import print_report
+
+        print_report(rep)
+
+
+@cli.command("models")
+def models_cmd() -> None:
+    """List the registered architectures."""
+    from mai.registry import list_models
+
+    for name in list_models():
+        click.echo(name)
+
+
+def main() -> None:
+    run_main(cli, "mai")

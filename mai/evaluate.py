@@ -1,0 +1,102 @@
+"""Scoring labelled data with a torch model, and the evaluation report.
+
+Used by training (validation each epoch, calibration at the end) and `mai eval`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mai import metrics
+from mai.data import DataSet, Item
+from mai.preprocess import PreprocessSpec, prepare
+
+#: Pillow refuses images above this many pixels (a decompression-bomb guard that
+#: raises, rather than Pillow's default warning).
+MAX_PIXELS = 200_000_000
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray
+    labels: np.ndarray
+    sources: list[str]
+    relpaths: list[str]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def decode_item(ds: DataSet, item: Item, spec: PreprocessSpec, upto: int | None = None,
+                augment: Callable[[Image.Image], Image.Image] | None = None) -> np.ndarray:
+    """Read, decode and preprocess one data set item (raises on a bad file)."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with Image.open(io.BytesIO(ds.read_bytes(item))) as im:
+        im.load()
+        return prepare(im, spec, upto=upto, augment=augment)
+
+
+def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec,
+                batch_size: int = 128, device: str = "cpu",
+                progress: Callable[[int], None] | None = None) -> Scored:
+    """P(synthetic) for every readable item; unreadable ones are listed, not fatal."""
+    import torch
+
+    from mai.preprocess_torch import finish
+
+    scores: list[np.ndarray] = []
+    labels: list[int] = []
+    sources: list[str] = []
+    relpaths: list[str] = []
+    bad: list[tuple[str, str]] = []
+    model.eval()
+
+    def flush(batch: list[np.ndarray]) -> None:
+        x = torch.from_numpy(np.stack(batch)).to(device)
+        with torch.inference_mode():
+            p = torch.sigmoid(model(finish(x, spec)).float())
+        scores.append(p.cpu().numpy().astype(np.float64))
+
+    batch: list[np.ndarray] = []
+    for n, it in enumerate(items, 1):
+        try:
+            arr = decode_item(ds, it, spec, upto=1)
+        except Exception as e:  # noqa: BLE001 - any unreadable image is counted and skipped
+            bad.append((it.relpath, f"{type(e).__name__}: {e}"))
+            continue
+        batch.append(arr)
+        labels.append(it.label)
+        sources.append(it.source)
+        relpaths.append(it.relpath)
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+            if progress:
+                progress(n)
+    if batch:
+        flush(batch)
+    if progress:
+        progress(len(items))
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    return Scored(s, np.asarray(labels, dtype=np.int64), sources, relpaths, bad)
+
+
+def report(scored: Scored, threshold: float, band: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Metrics at the stored threshold, overall and per source."""
+    out: dict[str, Any] = metrics.summarise(scored.scores, scored.labels, threshold)
+    out["per_source"] = metrics.per_source(scored.scores, scored.labels, scored.sources, threshold)
+    out["unreadable"] = len(scored.unreadable)
+    if band is not None:
+        lo, hi = band
+        inside = (scored.scores > lo) & (scored.scores < hi)
+        out["uncertain_fraction"] = float(inside.mean()) if scored.scores.size else None
+        sure = ~inside
+        if sure.any():
+            out["accuracy_outside_band"] = float(
+                np.mean((scored.scores[sure] >= threshold) == (scored.labels[sure] == 1))
+            )
+    return out

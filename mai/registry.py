@@ -1,0 +1,50 @@
+"""The model registry: architectures register by name, callers create by name.
+
+Registering needs the architecture's module imported, and those import torch, so
+this module keeps only names; `mai.models` imports the architectures. New
+architectures join by decorating a factory with `@register_model` in a module
+listed in `mai.models`; no caller changes.
+"""
+
+from __future__ import annotations
+
+from mai.errors import MaiError
+
+from collections.abc import Callable
+from typing import Any
+
+_FACTORIES: dict[str, Callable[..., Any]] = {}
+
+
+class UnknownModelError(MaiError, KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want a sentence
+        return str(self.args[0])
+
+
+def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register an architecture factory under its function name."""
+    if fn.__name__ in _FACTORIES:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _FACTORIES[fn.__name__] = fn
+    return fn
+
+
+def _load_architectures() -> None:
+    import mai.models  # noqa: F401  (registers the architectures)
+
+
+def list_models() -> list[str]:
+    _load_architectures()
+    return sorted(_FACTORIES)
+
+
+def create_model(name: str, **kwargs: Any) -> Any:
+    """Build an architecture by name (a torch module, uint8 NHWC in, logit out)."""
+    _load_architectures()
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown architecture {name!r}; known: {', '.join(sorted(_FACTORIES))}"
+        ) from None
+    return factory(**kwargs)

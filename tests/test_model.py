@@ -1,0 +1,31 @@
+import pytest
+
+torch = pytest.importorskip("torch", reason="the model tests need the train extra")
+
+from mai.registry import UnknownModelError, create_model, list_models  # noqa: E402
+
+
+def test_mai_cnn_is_exactly_as_designed():
+    m = create_model("mai_cnn")
+    assert sum(p.numel() for p in m.parameters()) == 4_827_365
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    linears = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(40_000, 120), (120, 30), (30, 1)]
+    x = torch.randint(0, 256, (3, 200, 200, 3), dtype=torch.uint8)
+    assert m(x).shape == (3,)
+    assert m.features(m.normalise(x)).shape == (3, 64, 25, 25)
+
+
+def test_model_normalises_uint8_itself():
+    m = create_model("mai_cnn")
+    x = torch.full((1, 200, 200, 3), 255, dtype=torch.uint8)
+    assert torch.allclose(m.normalise(x), torch.ones(1, 3, 200, 200))
+    assert torch.allclose(m.normalise(torch.zeros_like(x)), -torch.ones(1, 3, 200, 200))
+
+
+def test_registry():
+    assert "mai_cnn" in list_models()
+    with pytest.raises(UnknownModelError, match="known: .*mai_cnn"):
+        create_model("resnet9000")
