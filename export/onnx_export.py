@@ -12,6 +12,7 @@ session, parity on random and real images), and renamed only when proven.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -119,14 +120,6 @@ def _to_onnx(model: Any, art: Artifact) -> Any:
     return onnx.load_from_string(buf.getvalue())
 
 
-def _fp16(m: Any) -> Any:
-    from onnxconverter_common import float16
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # it warns about values it clamps to fp16 range
-        return float16.convert_float_to_float16(m, keep_io_types=True)
-
-
 def export_onnx(model_path: str | os.PathLike[str] | None = None, precisions: tuple[str, ...] = ("fp32",),
                 out: str | os.PathLike[str] | None = None, n_random: int = 16, seed: int = 0) -> list[ExportResult]:
     """Export and prove; returns one result per precision. Raises ExportError."""
@@ -147,12 +140,16 @@ def export_onnx(model_path: str | os.PathLike[str] | None = None, precisions: tu
     x_real = real_images(art)
     want_random = _torch_probs(model, x_random)
     want_real = _torch_probs(model, x_real)
-    base = _to_onnx(model, art)
+    graphs: dict[str, Any] = {}
     results = []
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ExportError(f"unknown precision {precision!r}; use fp32, fp16 or all")
-        m = _fp16(base) if precision == "fp16" else onnx.ModelProto.FromString(base.SerializeToString())
+        # fp16 is traced from a half-precision copy of the module: the uint8 input is
+        # cast straight to float16, every weight and op runs in half precision, and
+        # the graph casts the logit back to float32. (Converting an fp32 graph with
+        # onnxconverter-common leaves its Cast nodes inconsistent for the checker.)
+        m = _to_onnx(copy.deepcopy(model).half() if precision == "fp16" else model, art)
         onnx.helper.set_model_props(m, _metadata(art, precision))
         final = out_dir / f"model.{precision}.onnx"
         tmp = out_dir / f".{final.name}.partial"

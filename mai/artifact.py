@@ -141,7 +141,6 @@ def save_artifact(out: Path, model: Any, meta: dict[str, Any], name: str) -> Art
 def load_torch_model(art: Artifact) -> Any:
     """Build the architecture and load the weights (torch). Refuses weights that
     are corrupt, altered since `mai.json` was written, or of another shape."""
-    from safetensors import SafetensorsError
     from safetensors.torch import load_file
 
     from mai.registry import UnknownModelError, create_model
@@ -161,7 +160,7 @@ def load_torch_model(art: Artifact) -> Any:
         )
     try:
         state = load_file(str(art.weights))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise ArtifactError(f"{art.weights} is not a readable safetensors file: {e}") from e
     try:
         model.load_state_dict(state, strict=True)

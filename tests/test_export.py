@@ -1,0 +1,183 @@
+"""ONNX export: graph contract, metadata, parity, refusal of bad checkpoints,
+and the session helper's provider choice."""
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_artifact
+
+pytest.importorskip("torch", reason="export needs the train extra")
+onnx = pytest.importorskip("onnx", reason="export needs the train extra")
+
+from export import session as session_mod  # noqa: E402
+from export.onnx_export import ExportError, export_onnx, real_images  # noqa: E402
+from export.session import SessionError, open_model  # noqa: E402
+from mai.artifact import ArtifactError, load_artifact, load_torch_model  # noqa: E402
+from mai.cli import cli  # noqa: E402
+from mai.preprocess import prepare  # noqa: E402
+
+
+def test_graph_contract_and_metadata_round_trip(onnx_model_dir):
+    m = onnx.load(str(onnx_model_dir / "model.fp32.onnx"))
+    (inp,) = m.graph.input
+    assert inp.name == "image"
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["N", 200, 200, 3]
+    assert [o.name for o in m.graph.output] == ["logit", "prob"]
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in m.graph.output)
+    assert m.opset_import[0].version >= 17
+    art = load_artifact(onnx_model_dir)
+    model = open_model(onnx_model_dir, device="cpu")
+    assert model.model_id == art.model_id
+    assert model.spec == art.spec
+    assert model.threshold == art.threshold and model.uncertain == art.uncertain
+    assert model.meta["mai.checkpoint_sha256"] == art.meta["weights_sha256"]
+    assert model.precision == "fp32" and model.provider == "CPUExecutionProvider"
+
+
+def test_uint8_path_equals_reference_preprocessing(onnx_model_dir):
+    """Feeding prepare()'s bytes to ONNX gives torch's probability on the same bytes,
+    and the graph's own normalisation equals the reference (x/255 - mean)/std."""
+    import torch
+
+    art = load_artifact(onnx_model_dir)
+    x = real_images(art)
+    torch_model = load_torch_model(art)
+    with torch.inference_mode():
+        want = torch.sigmoid(torch_model(torch.from_numpy(x))).numpy()
+        norm = torch_model.normalise(torch.from_numpy(x)).permute(0, 2, 3, 1).numpy()
+    from mai.preprocess import normalise
+
+    assert np.allclose(norm, normalise(x, art.spec), atol=1e-6)
+    logit, prob = open_model(onnx_model_dir, device="cpu").predict(x)
+    assert prob.dtype == np.float32 and prob.shape == (len(x),)
+    assert np.max(np.abs(prob - want)) <= 1e-4
+    assert np.allclose(1 / (1 + np.exp(-logit)), prob, atol=1e-6)
+
+
+def test_dynamic_batch(onnx_model_dir):
+    model = open_model(onnx_model_dir, device="cpu")
+    for n in (1, 7):
+        _, p = model.predict(np.zeros((n, 200, 200, 3), np.uint8))
+        assert p.shape == (n,)
+
+
+def test_fp16_export_within_tolerance(tmp_path):
+    out = make_artifact(tmp_path / "m", seed=3)
+    (r16,) = export_onnx(out, ("fp16",))
+    assert r16.max_diff_random <= 1e-2 and r16.max_diff_real <= 1e-2
+    m = onnx.load(str(out / "model.fp16.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert m.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # On a CPU the fp32 file is preferred when both exist; fp16 is for GPUs.
+    export_onnx(out, ("fp32",))
+    assert open_model(out, device="cpu").precision == "fp32"
+    assert open_model(out / "model.fp16.onnx", device="cpu").precision == "fp16"
+
+
+def test_failed_parity_leaves_no_file(tmp_path, monkeypatch):
+    out = make_artifact(tmp_path / "m", seed=4)
+    import export.onnx_export as ex
+
+    monkeypatch.setitem(ex.TOLERANCE, "fp32", -1.0)  # nothing can pass
+    with pytest.raises(ExportError, match="parity failed"):
+        export_onnx(out, ("fp32",))
+    assert not list(out.glob("*.onnx")) and not list(out.glob(".*partial"))
+
+
+def test_corrupt_or_mismatched_checkpoint_refused(tmp_path):
+    out = make_artifact(tmp_path / "m", seed=5)
+    (out / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="does not match the hash"):
+        export_onnx(out)
+    other = make_artifact(tmp_path / "o", seed=6)
+    meta = json.loads((other / "mai.json").read_text())
+    meta["architecture"] = {"name": "mai_cnn", "args": {"channels": [8, 16, 32]}}
+    (other / "mai.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="does not fit architecture"):
+        export_onnx(other)
+    r = CliRunner().invoke(cli, ["export", "onnx", "--model", str(tmp_path / "nothing")])
+    assert r.exit_code != 0 and isinstance(r.exception, ArtifactError)
+
+
+def test_cli_export_all(tmp_path):
+    out = make_artifact(tmp_path / "m", seed=7)
+    r = CliRunner().invoke(cli, ["export", "onnx", "--model", str(out), "--precision", "all",
+                                 "--out", str(tmp_path / "onnx")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == ["model.fp16.onnx", "model.fp32.onnx"]
+    assert "parity vs torch" in r.stderr
+
+
+def test_not_a_mai_onnx_is_refused(tmp_path, onnx_model_dir):
+    m = onnx.load(str(onnx_model_dir / "model.fp32.onnx"))
+    del m.metadata_props[:]
+    onnx.save(m, str(tmp_path / "plain.onnx"))
+    with pytest.raises(SessionError, match="not a MAI model"):
+        open_model(tmp_path / "plain.onnx", device="cpu")
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(SessionError, match="cannot open"):
+        open_model(tmp_path / "junk.onnx", device="cpu")
+    with pytest.raises(SessionError, match="model.fp32.onnx"):
+        open_model(tmp_path, device="cpu")
+
+
+def test_provider_falls_back_to_cpu_without_cuda(onnx_model_dir, monkeypatch, capfd):
+    # No driver here (or pretend so): auto runs on the CPU quietly, cuda refuses in one line.
+    monkeypatch.setattr(session_mod, "_driver_loads", lambda: "no NVIDIA driver (test)")
+    lines = []
+    model = open_model(onnx_model_dir, device="auto", log=lines.append)
+    assert model.provider == "CPUExecutionProvider"
+    assert len(lines) == 1 and "CPU" in lines[0]
+    with pytest.raises(SessionError, match="--device cuda"):
+        open_model(onnx_model_dir, device="cuda")
+    out, err = capfd.readouterr()
+    assert out == "" and "[E:" not in err and "[W:" not in err
+
+
+def test_cuda_that_does_not_load_is_detected(onnx_model_dir, monkeypatch):
+    """A driver that 'loads' but a CUDA provider that falls back: auto says so,
+    cuda refuses. Simulated by asking for CUDA on this CPU-only machine."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDA provider to fail")
+    monkeypatch.setattr(session_mod, "_driver_loads", lambda: None)
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a real GPU is here")
+    except ImportError:
+        pass
+    model = open_model(onnx_model_dir, device="auto")
+    assert model.provider == "CPUExecutionProvider"
+    assert model.fallback_reason and "did not load" in model.fallback_reason
+    with pytest.raises(SessionError, match="did not load"):
+        open_model(onnx_model_dir, device="cuda")
+
+
+def test_bad_device_name(onnx_model_dir):
+    with pytest.raises(SessionError, match="unknown device"):
+        open_model(onnx_model_dir, device="tpu")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks the real CPU-only fallback on Linux CI")
+def test_prepare_matches_spec_of_exported_model(onnx_model_dir):
+    from PIL import Image
+
+    model = open_model(onnx_model_dir, device="cpu")
+    im = Image.new("RGB", (640, 480), (10, 200, 30))
+    assert prepare(im, model.spec).shape == (200, 200, 3)
+
+
+def test_copy_of_model_folder_still_opens(tmp_path, onnx_model_dir):
+    dst = tmp_path / "copy"
+    shutil.copytree(onnx_model_dir, dst)
+    assert open_model(dst, device="cpu").model_id == load_artifact(onnx_model_dir).model_id
