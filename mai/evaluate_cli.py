@@ -59,7 +59,7 @@ def print_report(rep: dict[str, Any]) -> None:
     out = Console(no_color=stderr_console().no_color, highlight=False)
     out.print(f"model {rep['model']}  data {rep['data']} (split {rep['split']})  "
               f"threshold {rep['threshold']:.4f}  uncertain band [{rep['uncertain'][0]:.4f}, {rep['uncertain'][1]:.4f}]")
-    t = Table("source", "n", "real", "fake", "accuracy", "bal. acc", "ROC-AUC", "AP", "TPR", "FPR")
+    t = Table("source", "n", "real", "fake", "acc", "bal acc", "AUC", "AP", "TPR", "FPR")
     rows = list(rep["per_source"].items())
     if len(rows) > 1 or not rows:
         rows.append(("all", rep))

@@ -40,11 +40,6 @@ def make_folder(root: Path, n: int = 12, real: str = "real", fake: str = "fake",
     return root
 
 
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    return make_folder(tmp_path / "set", n=40)
-
-
 @pytest.fixture(autouse=True)
 def _mai_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # The app folder (scan state, caches) lives in a temporary folder in tests.

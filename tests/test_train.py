@@ -18,21 +18,21 @@ from mai.train import Augment, TrainConfig, train_cnn  # noqa: E402
 SMALL = PreprocessSpec(steps=(Step((32, 32), "box"), Step((200, 200), "bilinear"))).to_dict()
 
 
-def test_a_few_steps_lower_the_loss(image_folder):
+def test_a_few_steps_lower_the_loss(tmp_path):
     from mai.evaluate import decode_item
     from mai.preprocess_torch import finish
     from mai.registry import create_model
 
     torch.manual_seed(0)
-    ds = open_dataset(image_folder)
+    ds = open_dataset(make_folder(tmp_path, n=8))
     spec = PreprocessSpec.from_dict(SMALL)
     x = torch.from_numpy(np.stack([decode_item(ds, it, spec, upto=1) for it in ds.items]))
     y = torch.tensor([float(it.label) for it in ds.items])
     model = create_model("mai_cnn")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     xx = finish(x, spec)
     losses = []
-    for _ in range(8):
+    for _ in range(10):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xx), y)
         opt.zero_grad()
         loss.backward()
@@ -43,7 +43,7 @@ def test_a_few_steps_lower_the_loss(image_folder):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = make_folder(tmp_path_factory.mktemp("data"), n=48)
+    root = make_folder(tmp_path_factory.mktemp("data"), n=32)
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = TrainConfig(data=str(root), out=str(out), epochs=2, batch_size=16, optimizer="adamw", lr=3e-4,
                       threads=2, checkpoint_every=3, augment=Augment(shift=0.0), spec=SMALL)
@@ -78,7 +78,7 @@ def test_rerunning_a_finished_run_resumes_not_restarts(trained):
 
 
 def test_resume_from_mid_epoch_checkpoint(tmp_path):
-    root = make_folder(tmp_path / "d", n=32)
+    root = make_folder(tmp_path / "d", n=16)
     kw = dict(data=str(root), batch_size=8, optimizer="adamw", lr=3e-4, threads=2, checkpoint_every=2,
               augment=Augment(shift=0.0), spec=SMALL, epochs=1)
     full = tmp_path / "full"
@@ -122,11 +122,11 @@ def test_mai_eval_cli(trained):
     r = CliRunner().invoke(cli, ["eval", "--model", str(out), "--data", str(root), "--json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
-    assert rep["n"] == 96 and rep["accuracy"] >= 0.9
+    assert rep["n"] == 64 and rep["accuracy"] >= 0.9
     assert rep["model"] == load_artifact(out).model_id
     assert set(rep["per_source"]) == {root.name}
     r = CliRunner().invoke(cli, ["eval", "--model", str(out), "--data", str(root), "--split", "val"])
-    assert r.exit_code == 0 and "ROC-AUC" in r.stdout
+    assert r.exit_code == 0 and "AUC" in r.stdout and "uncertainty band" in r.stdout
 
 
 def test_corrupt_or_mismatched_weights_are_refused(trained, tmp_path):

@@ -1,0 +1,318 @@
+"""`mai-scan`: the batch scanner's command line.
+
+Imports here stay light (click only) so `mai-scan --help` is instant; the
+pipeline, NumPy, ONNX Runtime and Rich load when a scan starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+from mai.cli import run_main
+from mai.errors import MaiError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_ERRORS, EXIT_FAIL_ON, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 4, 130, 141
+
+
+class ScanError(MaiError):
+    """A usage or input problem found before scanning (exit status 2)."""
+
+
+def _band(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give two numbers, LO,HI, e.g. 0.3,0.7") from None
+    if not 0 <= lo < hi <= 1:
+        raise click.BadParameter("need 0 <= LO < HI <= 1")
+    return lo, hi
+
+
+HELP = """Scan images for signs of AI generation.
+
+PATH is a folder (walked recursively) or a file (always scanned). Each file
+gives one record, streamed as results come: a table on a terminal, plain
+tab-separated lines (verdict, score, stage, note, path) otherwise, or JSON Lines
+(schema mai.scan/1) with --jsonl. Progress and the summary go to stderr.
+
+\b
+Examples:
+  mai-scan --examples                          # the bundled example images
+  mai-scan ./photos                            # a table on the terminal
+  mai-scan ./photos --jsonl out.jsonl          # records to a file
+  mai-scan ./photos --jsonl out.jsonl --resume # finish an interrupted scan
+  mai-scan ./photos --jsonl - | jq -r 'select(.verdict=="synthetic").path'
+  mai-scan ./dump --include '*.png' --exclude 'thumbs/*' --workers 4
+  mai-scan upload.jpg --fail-on synthetic      # exit 4 if it looks generated
+
+\b
+Files: the extensions .jpg .jpeg .jpe .jfif .png .apng .webp .tif .tiff .gif
+.bmp .dib, plus .avif/.avifs when Pillow has the codec and .heic/.heif with
+pillow-heif installed; files without an extension are recognised by content
+(--all-files: every file). The content decides the format, so a PNG named .jpg
+scans and a text file named .jpg is an error record. Hidden names (".x") are
+skipped unless --hidden; symbolic links are followed, each folder walked once.
+In --include/--exclude globs, * and ? stay within a name and ** spans folders.
+
+\b
+Verdicts: synthetic, authentic, uncertain (the score lies inside the model's
+uncertainty band), error. A provenance signal in the metadata (C2PA, IPTC
+DigitalSourceType, generator text chunks) makes a file synthetic (stage
+"metadata"); its absence never lowers a score. --threshold replaces the
+model's threshold and drops its band, which was calibrated for the stored
+threshold: give --uncertain LO,HI to keep one.
+
+\b
+Rescans and --resume: files scored before by the same model and unchanged
+since (same resolved path, size and mtime) are not decoded again: their
+records are rebuilt from the scan state in $MAI_HOME (default ~/.mai), so the
+output is still complete (error records are not stored: those files are tried
+again). After Ctrl-C or a killed process, --resume with the
+same --jsonl FILE cuts the file after its last complete line, skips the files
+already in it and appends the rest: every file ends up there exactly once.
+Records come in completion order, not walk order.
+
+\b
+Exit status:
+  0    every file was scanned (whatever the verdicts)
+  1    unexpected failure
+  2    usage or input error: bad PATH, bad model (one line; MAI_DEBUG=1 shows
+       the traceback)
+  3    the scan finished, but some files are error records
+  4    a verdict named by --fail-on occurred (wins over 3)
+  130  interrupted (Ctrl-C, SIGTERM): run again with --resume
+  141  stdout was closed early (e.g. piped into head)
+"""
+
+
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option("--jsonl", "jsonl", metavar="FILE|-", default=None,
+              help="Write records as JSON Lines to FILE ('-': stdout).")
+@click.option("--format", "view", type=click.Choice(["auto", "table", "plain", "jsonl", "none"]), default="auto",
+              show_default=True,
+              help="What stdout shows: auto = a table on a terminal, plain lines otherwise, nothing with --jsonl FILE.")
+@click.option("--model", "model_path", metavar="PATH", default=None,
+              help="Model folder (with model.fp32.onnx) or .onnx file. Default: the embedded model.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True, metavar="N")
+@click.option("--workers", type=click.IntRange(0, 512), default=None, metavar="N",
+              help="Decode processes (default: one per CPU; 0 decodes in this process).")
+@click.option("--threads", type=click.IntRange(1, 512), default=None, metavar="N",
+              help="ONNX Runtime threads (default: one per CPU).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, metavar="X",
+              help="Decision threshold on P(synthetic) (default: the model's own; drops its uncertainty band).")
+@click.option("--uncertain", "band", callback=_band, metavar="LO,HI", default=None,
+              help="Uncertainty band: scores strictly between LO and HI are 'uncertain'.")
+@click.option("--no-uncertain", is_flag=True, help="No uncertainty band: every score is decided by the threshold.")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only files matching a GLOB (a name, or a path below PATH if it has a '/'). Repeatable.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files and folders. Repeatable.")
+@click.option("--hidden", is_flag=True, help="Also scan hidden files and folders (names starting with '.').")
+@click.option("--all-files", is_flag=True, help="Consider every file, recognising images by content.")
+@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Walk into sub-folders.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted scan into the same --jsonl FILE.")
+@click.option("--rescan", is_flag=True, help="Score every file again, even unchanged ones.")
+@click.option("--no-state", is_flag=True, help="Neither read nor update the scan state.")
+@click.option("--max-pixels", type=click.IntRange(1), default=None, metavar="N",
+              help="Refuse images over N pixels, read from the header (default: 180 million).")
+@click.option("--no-draft", is_flag=True,
+              help="Decode JPEGs at full size (exact but slower) instead of DCT-scaled.")
+@click.option("--examples", is_flag=True, help="Also scan the example images bundled with MAI.")
+@click.option("--fail-on", type=click.Choice(["synthetic", "uncertain"]), multiple=True,
+              help="Exit with status 4 if any file gets this verdict. Repeatable.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress, no summary: only records and errors.")
+@click.version_option(package_name="mai-detect")
+def cli(**kw: Any) -> None:
+    sys.exit(scan(**kw))
+
+
+def _roots(paths: tuple[str, ...], examples: bool) -> list[str]:
+    roots = list(paths)
+    if examples:
+        from importlib import resources
+
+        ex = str(resources.files("mai.examples"))
+        if not os.path.isdir(ex):
+            raise ScanError(f"the bundled examples are not a folder on disk here ({ex}); reinstall MAI unzipped")
+        roots.append(ex)
+    if not roots:
+        raise ScanError("nothing to scan: give one or more PATHs (folders or files), or --examples")
+    from scanner.records import display_path
+
+    for r in roots:
+        if not os.path.lexists(r):
+            raise ScanError(f"{display_path(r)}: no such file or folder")
+        if not os.path.exists(r):
+            raise ScanError(f"{display_path(r)}: a broken symbolic link")
+    return roots
+
+
+def _open_model(model_path: str | None, device: str, threads: int | None, log: Any) -> Any:
+    from export.session import SessionError, open_model
+
+    try:
+        return open_model(model_path, device, threads, log=log)
+    except SessionError as e:
+        if model_path is None:
+            raise ScanError(f"the embedded default model cannot be used ({e}); "
+                            "pass --model PATH (a model folder or .onnx file)") from e
+        raise
+
+
+def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str | None, device: str,
+         batch_size: int, workers: int | None, threads: int | None, threshold: float | None,
+         band: tuple[float, float] | None, no_uncertain: bool, include: tuple[str, ...],
+         exclude: tuple[str, ...], hidden: bool, all_files: bool, recursive: bool, resume: bool,
+         rescan: bool, no_state: bool, max_pixels: int | None, no_draft: bool, examples: bool,
+         fail_on: tuple[str, ...], quiet: bool) -> int:
+    """Run one scan; returns the exit status."""
+    roots = _roots(paths, examples)
+    if resume and (jsonl is None or jsonl == "-"):
+        raise ScanError("--resume needs --jsonl FILE: it continues the records already written there")
+    if jsonl not in (None, "-"):
+        parent = os.path.dirname(os.path.abspath(jsonl))
+        if not os.path.isdir(parent):
+            raise ScanError(f"--jsonl {jsonl}: the folder {parent} does not exist")
+        if os.path.isdir(jsonl):
+            raise ScanError(f"--jsonl {jsonl} is a folder; give a file name")
+    if view == "auto":
+        view = "jsonl" if jsonl == "-" else "none" if jsonl else "table" if sys.stdout.isatty() else "plain"
+    elif view == "jsonl" and jsonl not in (None, "-"):
+        raise ScanError("--format jsonl writes JSON Lines to stdout; with --jsonl FILE choose table, plain or none")
+
+    from scanner.records import Decision, display_path, make_record
+    from scanner.sinks import JsonlWriter, PlainView, Progress, Summary, TableView, print_lines, resume_jsonl
+
+    def note(text: str) -> None:
+        if not quiet:
+            print_lines([(text, "dim")])
+
+    model = _open_model(model_path, device, threads or os.cpu_count(), note)
+    decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
+
+    from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow
+    from scanner.pipeline import PipelineOptions, run
+    from scanner.state import ScanState, facts_of
+    from scanner.walk import WalkOptions, walk
+
+    summary = Summary()
+    done = None
+    if resume:
+        found = resume_jsonl(jsonl, summary)
+        others = sorted(found.models - {model.model_id})
+        if others:
+            raise ScanError(f"--resume: {jsonl} holds records of {', '.join(others)}, not {model.model_id}; "
+                            "resume with the same --model, or write to a new file")
+        done = found.paths
+        if found.cut:
+            note(f"resume: cut {found.cut} bytes of an unfinished last record from {jsonl}")
+        note(f"resume: {len(done):,} records already in {jsonl}")
+    state = None
+    if not no_state:
+        try:
+            state = ScanState(model_key=f"{model.model_id}|{model.precision}", on_error=note)
+        except Exception as e:  # noqa: BLE001 - sqlite3, OS or app-folder errors: the scan works without it
+            note(f"scan state unavailable ({e}); scanning without it")
+
+    sinks: list[Any] = []
+    writer = JsonlWriter(jsonl, append=resume) if jsonl else None
+    if writer is not None:
+        sinks.append(writer)
+    if view == "table":
+        sinks.append(TableView())
+    elif view == "plain":
+        sinks.append(PlainView())
+    elif view == "jsonl" and writer is None:
+        sinks.append(JsonlWriter("-"))
+
+    # Rows streaming to the terminal are the progress; otherwise a live line on a
+    # terminal's stderr, or a line every 30 s into a log.
+    rows_on_terminal = view in ("table", "plain") and sys.stdout.isatty()
+    mode = "off" if quiet or rows_on_terminal else "live" if sys.stderr.isatty() else "log"
+    progress = Progress(summary, mode)
+
+    def emit(record: dict[str, Any], entry: Any, cached: bool = False) -> None:
+        # The output first: a crash between the two leaves a record without its
+        # state row (rescored later), never a state row without its record.
+        for s in sinks:
+            s.write(record)
+        summary.add(record, cached)
+        if state is not None and entry is not None and not cached and record["error"] is None:
+            state.put(entry.key, entry.size, entry.mtime_ns, facts_of(record))
+
+    def triage(entry: Any) -> bool:
+        if done is not None and display_path(entry.path) in done:
+            return True
+        if state is not None and not rescan:
+            facts = state.lookup(entry.key, entry.size, entry.mtime_ns)
+            if facts is not None:
+                emit(make_record(entry.path, model=model.model_id, facts=facts, decision=decision), entry, True)
+                return True
+        return False
+
+    if workers is None:
+        # A few named files decode faster here than a pool starts.
+        few_files = len(roots) <= 4 and all(os.path.isfile(r) for r in roots)
+        workers = 0 if few_files else os.cpu_count() or 1
+    opts = PipelineOptions(workers=workers, batch_size=batch_size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                           draft=not no_draft)
+    configure_pillow()
+    walk_opts = WalkOptions(recursive=recursive, hidden=hidden, all_files=all_files,
+                            include=tuple(include), exclude=tuple(exclude))
+    status = EXIT_OK
+    try:
+        run(walk(roots, walk_opts), model, decision, emit, options=opts, triage=triage, tick=progress.tick)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        status = EXIT_PIPE
+        # Later writes (and the interpreter's final flush) must not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        summary.finished = time.monotonic()
+        progress.stop()
+        if state is not None:
+            state.close()
+        if writer is not None:
+            writer.close()
+    if status == EXIT_PIPE:
+        return status
+    if not quiet:
+        lines = summary.lines(f"model: {model.describe()}", jsonl if jsonl not in (None, "-") else None)
+        if status == EXIT_INTERRUPTED:
+            how = ("run the same command with --resume to finish" if jsonl not in (None, "-")
+                   else "run it again: files already scored come from the scan state")
+            lines.insert(0, (f"mai-scan: interrupted; {how}", "bold yellow"))
+        print_lines(lines)
+    if status:
+        return status
+    if fail_on and any(summary.verdicts[v] for v in fail_on):
+        return EXIT_FAIL_ON
+    return EXIT_ERRORS if summary.errors else EXIT_OK
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    # SIGTERM (kill, a batch system stopping the job) stops as cleanly as Ctrl-C.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
+    run_main(cli, "mai-scan")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The scan pipeline: walk -> decode pool -> batches -> ONNX Runtime -> records.
+
+    walk (a thread) --bounded queue--> triage (main) --chunks--> decode workers
+        --bounded in-flight futures--> ready list --full batches--> model --> emit
+
+Memory stays flat in the number of files: the walk queue, the decode work in
+flight and the ready list are all bounded, and workers return arrays at the
+model's input size, never full images. Results stream while the walk is still
+going; the model runs in the parent (ONNX Runtime has its own threads).
+
+Batches are full, except the last one and one that waited longer than
+`latency_s` (a slow disk or a small folder must not hold records back).
+Records are emitted in completion order, not walk order.
+
+A worker that dies (a decoder crash on a hostile file, the OOM killer) breaks
+the whole process pool; the files it held are then retried one at a time in a
+fresh pool, so the one that kills it again gets an error record and the scan
+goes on.
+
+`score_batch(paths, model)` is the same per-batch work as one plain, picklable
+function with no global state, for a distributed engine (Ray Data's
+`map_batches`, DESIGN section 9) to call as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mai.errors import MaiError
+from mai.preprocess import PreprocessSpec
+from scanner.decode import DEFAULT_MAX_PIXELS, Decoded, decode_chunk, init_worker
+from scanner.records import Decision, error_record, make_record
+from scanner.walk import Entry, WalkError
+
+
+@runtime_checkable
+class SecondOpinion(Protocol):
+    """A second stage for files in the CNN's uncertainty band (a VLM, later).
+
+    `score` gets the model-input-size uint8 HWC arrays of one batch's uncertain
+    files and their paths, and returns P(synthetic) for each, in order. A score
+    >= `threshold` makes the verdict `synthetic`, below it `authentic`; the
+    record's stage becomes `vlm`, and both scores are kept.
+    """
+
+    name: str
+    threshold: float
+
+    def score(self, images: list[np.ndarray], paths: list[str]) -> list[float]: ...
+
+
+def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
+             second_opinion: SecondOpinion | None = None) -> list[dict[str, Any]]:
+    """Infer one batch of decode results and build their records, in order."""
+    ok = [i for i, d in enumerate(decoded) if d.error is None and d.array is not None]
+    cnn: dict[int, float] = {}
+    if ok:
+        _, prob = model.predict(np.stack([decoded[i].array for i in ok]))
+        cnn = {i: float(p) for i, p in zip(ok, prob, strict=True)}
+    vlm: dict[int, float] = {}
+    if second_opinion is not None:
+        # Only what the CNN cannot decide, and metadata has not decided, goes on.
+        todo = [i for i in ok if decision.cnn_verdict(cnn[i]) == "uncertain"
+                and not any(s.get("ai") is True for s in decoded[i].facts.get("provenance") or [])]
+        if todo:
+            got = second_opinion.score([decoded[i].array for i in todo], [decoded[i].path for i in todo])
+            if len(got) != len(todo):
+                raise ValueError(f"second opinion {second_opinion.name!r} returned {len(got)} scores for {len(todo)}")
+            vlm = {i: float(p) for i, p in zip(todo, got, strict=True)}
+    out = []
+    for i, d in enumerate(decoded):
+        if d.error is not None:
+            out.append(error_record(d.path, d.error[0], d.error[1], model=model.model_id, facts=d.facts))
+        else:
+            facts = {**d.facts, "scores": {"cnn": cnn[i], "vlm": vlm.get(i)}}
+            out.append(make_record(d.path, model=model.model_id, facts=facts, decision=decision))
+    return out
+
+
+def default_decision(model: Any) -> Decision:
+    return Decision.make(model.threshold, model.uncertain)
+
+
+def score_batch(paths: Sequence[str], model: Any, decision: Decision | None = None,
+                second_opinion: SecondOpinion | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                draft: bool = True) -> list[dict[str, Any]]:
+    """Decode, preprocess, infer and describe `paths`: one record each, in order.
+
+    `model` is an opened `export.session.OnnxModel` (an engine's actor opens it
+    once with `open_model` and calls this per batch).
+    """
+    decoded = decode_chunk(list(paths), model.spec, max_pixels, draft)
+    return describe(decoded, model, decision or default_decision(model), second_opinion)
+
+
+@dataclass
+class PipelineOptions:
+    workers: int = os.cpu_count() or 1  # 0: decode in this process (tests, debugging)
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    draft: bool = True  # JPEG DCT scaling where the model's first step shrinks anyway
+    latency_s: float = 0.25  # longest a decoded file waits for its batch to fill
+    chunk_size: int = 4  # files per task sent to a worker
+    inflight_per_worker: int = 4  # tasks queued per worker: keeps workers busy while the model runs
+    queue_size: int = 4096  # walked entries waiting for decode
+    # The per-chunk decode function, (paths, spec, max_pixels, draft) -> list[Decoded]:
+    # a module-level function, so workers can unpickle it (another decoder plugs in here).
+    decode_fn: Callable[..., list[Decoded]] = decode_chunk
+
+
+class _Pool:
+    """The decode workers: a process pool, or this process when workers == 0."""
+
+    def __init__(self, workers: int, spec: PreprocessSpec, opts: PipelineOptions) -> None:
+        self.workers, self.spec, self.opts = workers, spec, opts
+        self.ex: ProcessPoolExecutor | None = None
+        if workers:
+            self.ex = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # forkserver/spawn, never fork: the parent has threads (the walk, ONNX
+        # Runtime), and forking a threaded process can deadlock the child.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if ctx.get_start_method() == "forkserver":
+            ctx.set_forkserver_preload(["scanner.decode"])  # workers fork with Pillow and NumPy loaded
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=init_worker)
+
+    def submit(self, paths: list[str]) -> Future:
+        assert self.ex is not None
+        return self.ex.submit(self.opts.decode_fn, paths, self.spec, self.opts.max_pixels, self.opts.draft)
+
+    def inline(self, paths: list[str]) -> list[Decoded]:
+        return self.opts.decode_fn(paths, self.spec, self.opts.max_pixels, self.opts.draft)
+
+    def alive(self) -> bool:
+        """Whether a worker can run at all (no file involved); raises if not."""
+        assert self.ex is not None
+        try:
+            self.ex.submit(os.getpid).result(timeout=120)
+            return True
+        except BrokenProcessPool:
+            raise MaiError("the decode worker processes die on start (a broken install, or a script "
+                           "without an `if __name__ == '__main__':` guard); run with --workers 0 to "
+                           "decode in this process") from None
+
+    def restart(self) -> None:
+        self.close(abort=True)
+        self.ex = self._start()
+
+    def close(self, abort: bool = False) -> None:
+        ex, self.ex = self.ex, None
+        if ex is None:
+            return
+        if not abort:
+            ex.shutdown(wait=True)
+            return
+        ex.shutdown(wait=False, cancel_futures=True)
+        # Interrupted or broken: do not wait for a worker stuck in a huge decode.
+        for p in list((getattr(ex, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                p.terminate()
+
+
+_END = object()
+
+
+class _WalkFailed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _walker(source: Iterable[Entry | WalkError], q: queue.Queue, stop: threading.Event) -> None:
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for item in source:
+            if not put(item):
+                return
+    except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
+        put(_WalkFailed(e))
+    put(_END)
+
+
+Emit = Callable[[dict[str, Any], "Entry | None"], None]
+
+
+def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit, *,
+        options: PipelineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
+        second_opinion: SecondOpinion | None = None, tick: Callable[[], None] | None = None) -> None:
+    """Scan everything `source` yields; `emit(record, entry)` gets each record
+    (entry is None for walk problems). `triage(entry)` runs first, in this
+    thread: True means it is already handled (resumed, or emitted from the scan
+    state), False that it is to be scanned. `tick()` is called often (progress).
+    KeyboardInterrupt stops the walk and the workers and propagates.
+    """
+    opts = options or PipelineOptions()
+    spec = model.spec
+    pool = _Pool(opts.workers, spec, opts)
+    q: queue.Queue = queue.Queue(maxsize=opts.queue_size)
+    stop = threading.Event()
+    walker = threading.Thread(target=_walker, args=(source, q, stop), name="mai-scan-walk", daemon=True)
+    walker.start()
+    inflight: dict[Future, list[Entry]] = {}
+    ready: list[tuple[Entry, Decoded]] = []
+    ready_since = 0.0
+    chunk: list[Entry] = []
+    suspects: deque[Entry] = deque()  # files held by a worker that died, retried one by one
+    isolating: Future | None = None
+    pool_works = False  # a worker has returned something: the pool itself can run
+    walk_done = False
+    max_inflight = max(1, opts.workers) * opts.inflight_per_worker
+    clean = False
+
+    def take(results: list[Decoded], entries: list[Entry]) -> None:
+        nonlocal ready_since
+        for entry, d in zip(entries, results, strict=True):
+            if d.error is not None:  # needs no model: out at once
+                emit(error_record(entry.path, d.error[0], d.error[1], model=model.model_id, facts=d.facts), entry)
+            else:
+                if not ready:
+                    ready_since = time.monotonic()
+                ready.append((entry, d))
+
+    def submit(entries: list[Entry]) -> None:
+        paths = [e.path for e in entries]
+        if pool.ex is None:
+            take(pool.inline(paths), entries)
+        else:
+            inflight[pool.submit(paths)] = entries
+
+    try:
+        while True:
+            # 1. Pull walked files while there is room for more decode work.
+            starved = False
+            while not walk_done and not suspects and len(inflight) < max_inflight and len(ready) < opts.batch_size:
+                idle = not inflight and not ready and not chunk
+                try:
+                    item = q.get(timeout=0.1) if idle else q.get_nowait()
+                except queue.Empty:
+                    starved = True
+                    break
+                if item is _END:
+                    walk_done = True
+                elif isinstance(item, _WalkFailed):
+                    raise item.exc
+                elif isinstance(item, WalkError):
+                    emit(error_record(item.path, item.kind, item.message, model=model.model_id), None)
+                elif triage is None or not triage(item):
+                    chunk.append(item)
+                    if len(chunk) >= opts.chunk_size:
+                        submit(chunk)
+                        chunk = []
+            if chunk and (starved or walk_done):  # a slow walk must not hold a partial chunk back
+                submit(chunk)
+                chunk = []
+
+            # 2. Collect finished decode work.
+            if inflight:
+                done, _ = wait(list(inflight), timeout=0.05, return_when=FIRST_COMPLETED)
+                broken = False
+                for fut in done:
+                    entries = inflight.pop(fut)
+                    try:
+                        take(fut.result(), entries)
+                        pool_works = True
+                    except BrokenProcessPool:
+                        broken = True
+                        if fut is isolating:  # it died again, alone: this file kills the decoder
+                            e = entries[0]
+                            emit(error_record(e.path, "decode", "the decoder crashed on this file (worker died)",
+                                              model=model.model_id, facts={"bytes": e.size}), e)
+                        else:
+                            suspects.extend(entries)
+                    if fut is isolating:
+                        isolating = None
+                if broken:
+                    for fut, entries in inflight.items():
+                        if fut is not isolating:
+                            suspects.extend(entries)
+                    inflight.clear()
+                    isolating = None
+                    pool.restart()
+                    if not pool_works:
+                        pool_works = pool.alive()
+            if suspects and not inflight and pool.ex is not None:
+                e = suspects.popleft()
+                isolating = pool.submit([e.path])
+                inflight[isolating] = [e]
+
+            # 3. Infer full batches, or a partial one that waited long enough.
+            finished = walk_done and not inflight and not chunk and not suspects
+            while ready and (len(ready) >= opts.batch_size or finished
+                             or time.monotonic() - ready_since >= opts.latency_s):
+                batch, ready = ready[:opts.batch_size], ready[opts.batch_size:]
+                records = describe([d for _, d in batch], model, decision, second_opinion)
+                for (entry, _), rec in zip(batch, records, strict=True):
+                    emit(rec, entry)
+                ready_since = time.monotonic()
+            if tick is not None:
+                tick()
+            if finished and not ready:
+                break
+        clean = True
+    finally:
+        stop.set()
+        pool.close(abort=not clean)
+        walker.join(timeout=1.0)
