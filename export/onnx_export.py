@@ -140,7 +140,6 @@ def export_onnx(model_path: str | os.PathLike[str] | None = None, precisions: tu
     x_real = real_images(art)
     want_random = _torch_probs(model, x_random)
     want_real = _torch_probs(model, x_real)
-    graphs: dict[str, Any] = {}
     results = []
     for precision in precisions:
         if precision not in PRECISIONS:

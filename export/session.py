@@ -153,7 +153,8 @@ def resolve_onnx(path: str | os.PathLike[str] | None, device: str) -> Path:
         f = p / f"model.{prec}.onnx"
         if f.is_file():
             return f
-    raise SessionError(f"{p} holds no model.fp32.onnx or model.fp16.onnx; create them with `mai export onnx --model {p}`")
+    raise SessionError(f"{p} holds no model.fp32.onnx or model.fp16.onnx; "
+                       f"create them with `mai export onnx --model {p}`")
 
 
 def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto", threads: int | None = None,
@@ -197,7 +198,7 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
                            "export one with `mai export onnx`")
     model = OnnxModel(f, sess, active, meta, reason if device == "auto" and active == CPU and providers else None)
     try:
-        model.spec
+        _ = model.spec  # parse it now: a bad spec is an error at open, not mid-scan
     except MaiError as e:
         raise SessionError(f"{f}: {e}") from e
     if log is not None:

@@ -11,8 +11,6 @@ The embedded default model is such a folder inside the package
 
 from __future__ import annotations
 
-from mai.errors import MaiError
-
 import hashlib
 import json
 import os
@@ -23,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mai.errors import MaiError
 from mai.preprocess import PreprocessSpec, SpecError
 
 SCHEMA = "mai.model/1"
@@ -102,7 +101,7 @@ def load_artifact(path: str | os.PathLike[str] | None = None) -> Artifact:
             raise ArtifactError(f"{meta_path} lacks {key!r}; re-create it with `mai train`")
     art = Artifact(p, meta)
     try:
-        art.spec
+        _ = art.spec  # parse it now, so a bad spec fails at load
     except SpecError as e:
         raise ArtifactError(f"{meta_path}: {e}") from e
     return art

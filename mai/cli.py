@@ -131,9 +131,12 @@ def train_cnn_cmd(**kw: Any) -> None:
 @click.option("--limit", default=None, type=click.IntRange(1), help="Score at most this many images.")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]))
+@click.option("--jpeg-quality", default=None, type=click.IntRange(1, 100),
+              help="Re-encode every image as JPEG at this quality first: a fair test when the real and "
+                   "fake images differ in format, and a robustness test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def eval_cmd(model_path: str | None, data: str, split: str, limit: int | None, batch_size: int,
-             device: str, as_json: bool) -> None:
+             device: str, jpeg_quality: int | None, as_json: bool) -> None:
     """Evaluate a model: accuracy, balanced accuracy, ROC-AUC, AP, TPR/FPR at its
     stored threshold, and a per-source table.
 
@@ -141,10 +144,11 @@ def eval_cmd(model_path: str | None, data: str, split: str, limit: int | None, b
     Examples:
       mai eval --data imagenet-samples-real.tar
       mai eval --model runs/cifake --data cifake-train.tar --split val --json
+      mai eval --data forensynths-samples.tar --jpeg-quality 90
     """
     from mai.evaluate_cli import run_eval
 
-    rep = run_eval(model_path, data, split, limit, batch_size, device)
+    rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:

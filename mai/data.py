@@ -18,8 +18,6 @@ survives reordering and added files; `SPLIT_RULE` is stored in every artifact.
 
 from __future__ import annotations
 
-from mai.errors import MaiError
-
 import csv
 import hashlib
 import io
@@ -30,6 +28,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from mai.errors import MaiError
 
 REAL, FAKE = 0, 1
 LABEL_WORDS = {

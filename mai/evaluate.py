@@ -42,8 +42,12 @@ def decode_item(ds: DataSet, item: Item, spec: PreprocessSpec, upto: int | None 
 
 def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec,
                 batch_size: int = 128, device: str = "cpu",
-                progress: Callable[[int], None] | None = None) -> Scored:
-    """P(synthetic) for every readable item; unreadable ones are listed, not fatal."""
+                progress: Callable[[int], None] | None = None,
+                perturb: Callable[[Image.Image], Image.Image] | None = None) -> Scored:
+    """P(synthetic) for every readable item; unreadable ones are listed, not fatal.
+
+    `perturb` acts on each upright RGB image before preprocessing (e.g. a JPEG
+    re-encode, for evaluations where the two classes differ in format)."""
     import torch
 
     from mai.preprocess_torch import finish
@@ -64,7 +68,7 @@ def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: Preprocess
     batch: list[np.ndarray] = []
     for n, it in enumerate(items, 1):
         try:
-            arr = decode_item(ds, it, spec, upto=1)
+            arr = decode_item(ds, it, spec, upto=1, augment=perturb)
         except Exception as e:  # noqa: BLE001 - any unreadable image is counted and skipped
             bad.append((it.relpath, f"{type(e).__name__}: {e}"))
             continue
@@ -83,6 +87,20 @@ def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: Preprocess
         progress(len(items))
     s = np.concatenate(scores) if scores else np.zeros(0)
     return Scored(s, np.asarray(labels, dtype=np.int64), sources, relpaths, bad)
+
+
+def jpeg_reencoder(quality: int) -> Callable[[Image.Image], Image.Image]:
+    """Re-encode as JPEG at `quality` (4:2:0), as a fair-evaluation perturbation."""
+
+    def reencode(im: Image.Image) -> Image.Image:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+        buf.seek(0)
+        out = Image.open(buf)
+        out.load()
+        return out
+
+    return reencode
 
 
 def report(scored: Scored, threshold: float, band: tuple[float, float] | None = None) -> dict[str, Any]:

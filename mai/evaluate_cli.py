@@ -8,7 +8,7 @@ from typing import Any
 from mai.artifact import load_artifact, load_torch_model
 from mai.data import open_dataset
 from mai.errors import MaiError
-from mai.evaluate import report, score_items
+from mai.evaluate import jpeg_reencoder, report, score_items
 
 
 def require_torch(what: str) -> None:
@@ -19,7 +19,7 @@ def require_torch(what: str) -> None:
 
 
 def run_eval(model_path: str | None, data: str, split: str = "all", limit: int | None = None,
-             batch_size: int = 128, device: str = "auto") -> dict[str, Any]:
+             batch_size: int = 128, device: str = "auto", jpeg_quality: int | None = None) -> dict[str, Any]:
     require_torch("mai eval")
     import torch
 
@@ -33,10 +33,12 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
     items = ds.split(split)
     if limit and len(items) > limit:
         items = sorted(random.Random(0).sample(items, limit), key=lambda i: i.relpath)
-    scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=device)
+    perturb = jpeg_reencoder(jpeg_quality) if jpeg_quality else None
+    scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=device, perturb=perturb)
     rep = report(scored, art.threshold, art.uncertain)
     return {
-        "model": art.model_id, "data": str(data), "split": split, "fingerprint": ds.fingerprint(),
+        "model": art.model_id, "data": str(data), "split": split, "jpeg_quality": jpeg_quality,
+        "fingerprint": ds.fingerprint(),
         "uncertain": list(art.uncertain), "calibration": art.meta.get("calibration"),
         "unreadable_items": [{"path": p, "error": e} for p, e in scored.unreadable], **rep,
     }
@@ -57,8 +59,10 @@ def print_report(rep: dict[str, Any]) -> None:
     from mai.ui import stderr_console
 
     out = Console(no_color=stderr_console().no_color, highlight=False)
-    out.print(f"model {rep['model']}  data {rep['data']} (split {rep['split']})  "
-              f"threshold {rep['threshold']:.4f}  uncertain band [{rep['uncertain'][0]:.4f}, {rep['uncertain'][1]:.4f}]")
+    jq = f", re-encoded as JPEG q{rep['jpeg_quality']}" if rep.get("jpeg_quality") else ""
+    out.print(f"model {rep['model']}  data {rep['data']} (split {rep['split']}{jq})  "
+              f"threshold {rep['threshold']:.4f}  "
+              f"uncertain band [{rep['uncertain'][0]:.4f}, {rep['uncertain'][1]:.4f}]")
     t = Table("source", "n", "real", "fake", "acc", "bal acc", "AUC", "AP", "TPR", "FPR")
     rows = list(rep["per_source"].items())
     if len(rows) > 1 or not rows:

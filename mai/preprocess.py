@@ -13,8 +13,6 @@ Sizes are `[width, height]`, as Pillow writes them.
 
 from __future__ import annotations
 
-from mai.errors import MaiError
-
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from mai.errors import MaiError
 
 SPEC_VERSION = 1
 RESAMPLE = {

@@ -8,10 +8,10 @@ listed in `mai.models`; no caller changes.
 
 from __future__ import annotations
 
-from mai.errors import MaiError
-
 from collections.abc import Callable
 from typing import Any
+
+from mai.errors import MaiError
 
 _FACTORIES: dict[str, Callable[..., Any]] = {}
 

@@ -9,9 +9,6 @@ validation split.
 
 from __future__ import annotations
 
-from mai.errors import MaiError
-
-import io
 import math
 import os
 import platform
@@ -28,7 +25,8 @@ from PIL import Image, ImageFilter
 from mai import metrics
 from mai.artifact import save_artifact, versions
 from mai.data import SPLIT_RULE, DataSet, open_dataset
-from mai.evaluate import decode_item, report, score_items
+from mai.errors import MaiError
+from mai.evaluate import decode_item, jpeg_reencoder, report, score_items
 from mai.preprocess import CIFAKE_SPEC, PreprocessSpec
 
 OPTIMIZERS = ("rmsprop", "adamw", "sgd")
@@ -68,11 +66,7 @@ class Augment:
         if rng.random() < self.blur:
             im = im.filter(ImageFilter.GaussianBlur(rng.uniform(*self.blur_sigma)))
         if rng.random() < self.jpeg:
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=rng.randint(*self.jpeg_quality))
-            buf.seek(0)
-            im = Image.open(buf)
-            im.load()
+            im = jpeg_reencoder(rng.randint(*self.jpeg_quality))(im)
         return im
 
 
@@ -189,7 +183,8 @@ def _hardware(device: str) -> str:
 
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
 
 
 def keep_freed_memory() -> None:
@@ -252,7 +247,8 @@ def train_cnn(cfg: TrainConfig, log: Any = None) -> Path:
         train_items = rng.sample(train_items, min(cfg.limit, len(train_items)))
         val_items = rng.sample(val_items, min(max(cfg.limit // 5, 64), len(val_items)))
     if not train_items or not val_items:
-        raise TrainError(f"{cfg.data}: the hash split left {len(train_items)} training and {len(val_items)} validation images; add data")
+        raise TrainError(f"{cfg.data}: the hash split left {len(train_items)} training and "
+                         f"{len(val_items)} validation images; add data")
 
     w, h = spec.input_size
     model = create_model(cfg.arch).to(device)

@@ -66,7 +66,8 @@ def test_csv_and_jsonl_manifests(tmp_path):
     ds = open_dataset(tmp_path / "m.csv")
     assert [(i.label, i.source) for i in ds.items] == [(REAL, "cam"), (FAKE, "sdxl")]
     assert ds.read_bytes(ds.items[0])[:4] == b"\x89PNG"
-    rows = [{"path": "imgs/real/real_001.png", "label": "authentic"}, {"path": "imgs/fake/fake_001.png", "label": "fake"}]
+    rows = [{"path": "imgs/real/real_001.png", "label": "authentic"},
+            {"path": "imgs/fake/fake_001.png", "label": "fake"}]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ds = open_dataset(tmp_path / "m.jsonl")
     assert [i.label for i in ds.items] == [REAL, FAKE] and ds.sources() == ["m"]

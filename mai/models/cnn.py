@@ -57,7 +57,7 @@ class MaiCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         dims = [c_in * side * side, *hidden]
         head: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
             head += [nn.Linear(a, b), nn.ReLU(inplace=True)]
         head.append(nn.Linear(dims[-1], 1))
         self.head = nn.Sequential(*head)
