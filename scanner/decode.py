@@ -146,14 +146,17 @@ def _decode_open(path: str, f: Any, fmt: str, spec: PreprocessSpec, max_pixels: 
         w, h = im.size
         if w <= 0 or h <= 0:
             return _err(path, "decode", f"impossible dimensions {w}x{h}", facts)
-        swap = _orientation(im) in _SWAPPING_ORIENTATIONS
-        facts["width"], facts["height"] = (h, w) if swap else (w, h)
+        facts["width"], facts["height"] = w, h
+        # Size checks come before anything else touches the image: for a PNG,
+        # reading EXIF (orientation) makes Pillow load the whole image.
         if max(w, h) > MAX_SIDE:
             return _err(path, "too_large", f"{w}x{h}: a side over {MAX_SIDE} pixels is not a real image", facts)
         if w * h > max_pixels:
             return _err(path, "too_large",
                         f"{w}x{h} is {w * h / 1e6:.1f} megapixels, over the limit of {max_pixels / 1e6:g} "
                         "megapixels (raise it with --max-pixels if the file is trusted)", facts)
+        swap = _orientation(im) in _SWAPPING_ORIENTATIONS
+        facts["width"], facts["height"] = (h, w) if swap else (w, h)
         if getattr(im, "is_animated", False):
             im.seek(0)  # the first frame stands for the animation
         if draft and im.format == "JPEG":
