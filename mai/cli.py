@@ -123,6 +123,58 @@ def train_cnn_cmd(**kw: Any) -> None:
     train_cnn(cfg)
 
 
+@train.command("vlm")
+@click.option("--base", required=True, help="VLM base model folder (SmolVLM/Idefics3, PaliGemma, moondream2).")
+@click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Adapter folder to create.")
+@click.option("--name", default=None, help="Adapter name in its id (default: the --out folder's name).")
+@click.option("--trust-remote-code", is_flag=True, help="Run the Python code shipped with the base (moondream2).")
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--grad-accum", default=4, show_default=True, type=click.IntRange(1),
+              help="Batches per optimizer step.")
+@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--warmup-steps", default=None, type=click.IntRange(0),
+              help="Linear warm-up steps before the cosine decay (default: 5% of the steps).")
+@click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop after this many optimizer steps.")
+@click.option("--lora-r", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--lora-alpha", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--lora-dropout", default=0.05, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--target-modules", default=None, metavar="NAMES",
+              help="Comma-separated linear layer names in the language model (default per architecture, "
+                   "e.g. q_proj,k_proj,v_proj,o_proj).")
+@click.option("--image-splitting/--no-image-splitting", default=None,
+              help="SmolVLM/Idefics3: split large images into tiles (default: the processor's setting).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]))
+@click.option("--amp/--no-amp", default=True, show_default=True, help="bfloat16/float16 on CUDA.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Trade compute for memory (default: on with CUDA).")
+@click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads (default: all cores).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Use only this many training images.")
+@click.option("--val-limit", default=None, type=click.IntRange(1), help="Use only this many validation images.")
+@click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
+              help="Choose the threshold for this validation false-positive rate (default: max balanced accuracy).")
+@click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
+              help="Verdicts outside the uncertainty band must be this precise on validation.")
+def train_vlm_cmd(**kw: Any) -> None:
+    """LoRA-tune a vision-language model to answer "Is this image AI-generated?"
+    with "Yes." or "No."; the --out folder becomes an adapter (peft files + mai.json)
+    for `mai eval --model` and `mai-scan --vlm BASE --vlm-adapter`.
+
+    \b
+    Example:
+      mai train vlm --base models/SmolVLM-256M-Instruct --data pairs/manifest.csv \\
+          --out runs/smolvlm-lora --epochs 2
+    """
+    from mai.vlm.train import VLMTrainConfig, train_vlm
+
+    tm = kw.pop("target_modules")
+    kw["target_modules"] = [t.strip() for t in tm.split(",") if t.strip()] if tm else None
+    train_vlm(VLMTrainConfig(**kw))
+
+
 @cli.command("eval")
 @click.option("--model", "model_path", default=None, help="Model folder (default: the embedded model).")
 @click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
@@ -135,8 +187,11 @@ def train_cnn_cmd(**kw: Any) -> None:
               help="Re-encode every image as JPEG at this quality first: a fair test when the real and "
                    "fake images differ in format, and a robustness test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--base", default=None, help="VLM adapters: the base folder (default: the one in its mai.json).")
+@click.option("--trust-remote-code", is_flag=True, help="VLM adapters: run the base's own code (moondream2).")
 def eval_cmd(model_path: str | None, data: str, split: str, limit: int | None, batch_size: int,
-             device: str, jpeg_quality: int | None, as_json: bool) -> None:
+             device: str, jpeg_quality: int | None, as_json: bool, base: str | None = None,
+             trust_remote_code: bool = False) -> None:
     """Evaluate a model: accuracy, balanced accuracy, ROC-AUC, AP, TPR/FPR at its
     stored threshold, and a per-source table.
 
@@ -147,14 +202,75 @@ def eval_cmd(model_path: str | None, data: str, split: str, limit: int | None, b
       mai eval --data forensynths-samples.tar --jpeg-quality 90
     """
     from mai.evaluate_cli import run_eval
+    from mai.vlm import is_vlm_adapter
 
-    rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality)
+    if is_vlm_adapter(model_path):  # a LoRA adapter from `mai train vlm`
+        from mai.vlm.evaluate import run_vlm_eval
+
+        rep = run_vlm_eval(str(model_path), data, split, limit, min(batch_size, 16), device, base,
+                           trust_remote_code, jpeg_quality)
+    else:
+        rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:
         from mai.evaluate_cli import print_report
 
         print_report(rep)
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Make training data."""
+
+
+@data_group.command("pair")
+@click.option("--real", "real", required=True, type=click.Path(exists=True), help="Folder of real images.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for real/, fake/, pairs.jsonl and manifest.csv; re-running continues it.")
+@click.option("--vlm", "vlm", required=True, help="VLM base folder that captions the real images.")
+@click.option("--generator", required=True, help="Text-to-image diffusers pipeline folder (the pair extra).")
+@click.option("--trust-remote-code", is_flag=True, help="Run the VLM base's own code (moondream2).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Pair at most this many real images.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Pair k is generated with seed SEED+k.")
+@click.option("--steps", default=None, type=click.IntRange(1), help="Generator denoising steps (its default).")
+@click.option("--guidance", default=None, type=click.FloatRange(0), help="Generator guidance scale (its default).")
+@click.option("--size", default=None, metavar="WxH", help="Generated size, e.g. 512x512 (the generator's default).")
+@click.option("--format", "fmt", default="jpeg", show_default=True, type=click.Choice(["jpeg", "png"]),
+              help="Encoding of both images of every pair.")
+@click.option("--quality", default=90, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--caption-prompt", default="Describe this image in one sentence.", show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]))
+def data_pair_cmd(real: str, out: str, vlm: str, generator: str, trust_remote_code: bool, limit: int | None,
+                  seed: int, steps: int | None, guidance: float | None, size: str | None, fmt: str, quality: int,
+                  batch_size: int, caption_prompt: str, device: str) -> None:
+    """Caption real images with a VLM, draw a twin of each from its caption with a
+    local text-to-image model, and write matched real/generated pairs with a
+    manifest (OUT/manifest.csv) for `mai train ... --data`.
+
+    \b
+    Example:
+      mai data pair --real photos/ --out pairs/ --vlm models/SmolVLM-256M-Instruct \\
+          --generator models/sdxl-turbo --steps 4 --guidance 0
+    """
+    from mai.vlm import VLMError, VLMScorer
+    from mai.vlm.pair import DiffusersGenerator, PairOptions, make_pairs
+
+    wh = None
+    if size:
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+            wh = (w, h)
+        except ValueError:
+            raise VLMError(f"--size {size!r}: give WIDTHxHEIGHT, e.g. 512x512") from None
+    gen = DiffusersGenerator(generator, device=device, steps=steps, guidance=guidance, size=wh)
+    captioner = VLMScorer(vlm, trust_remote_code=trust_remote_code, device=device, batch_size=batch_size)
+    opts = PairOptions(limit=limit, seed=seed, fmt=fmt, quality=quality, batch_size=batch_size,
+                       caption_prompt=caption_prompt)
+    manifest = make_pairs(real, out, lambda ims: captioner.caption(ims, caption_prompt), gen, opts,
+                          log=lambda t: click.echo(t, err=True))
+    click.echo(f"manifest: {manifest}", err=True)
 
 
 @cli.command("models")

@@ -184,6 +184,11 @@ def _hardware(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
     cpu = platform.processor() or platform.machine()
+    try:  # Linux leaves platform.processor() empty; /proc/cpuinfo names the chip
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
     return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
 
 

@@ -54,6 +54,8 @@ Examples:
   mai-scan ./photos --jsonl - | jq -r 'select(.verdict=="synthetic").path'
   mai-scan ./dump --include '*.png' --exclude 'thumbs/*' --workers 4
   mai-scan upload.jpg --fail-on synthetic      # exit 4 if it looks generated
+  mai-scan ./photos --vlm models/SmolVLM-256M-Instruct --vlm-adapter runs/vlm-lora
+                                               # uncertain images get a VLM's second opinion
 
 \b
 Files: the extensions .jpg .jpeg .jpe .jfif .png .apng .webp .tif .tiff .gif
@@ -131,6 +133,21 @@ Exit status:
 @click.option("--examples", is_flag=True, help="Also scan the example images bundled with MAI.")
 @click.option("--fail-on", type=click.Choice(["synthetic", "uncertain"]), multiple=True,
               help="Exit with status 4 if any file gets this verdict. Repeatable.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine's process pool; ray: Ray Data, here or on a cluster (the ray extra).")
+@click.option("--ray-address", metavar="ADDRESS", default=None,
+              help="With --engine ray: join this Ray cluster ('auto', HOST:6379); default: start Ray here.")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=0.0, metavar="X",
+              help="With --engine ray: GPUs each Ray worker reserves (0.25: four workers share a GPU).")
+@click.option("--out-dir", metavar="DIR", default=None,
+              help="Write records as JSON Lines shards in DIR, with a manifest.json of complete shards.")
+@click.option("--vlm", "vlm", metavar="BASE", default=None,
+              help="Send the images the CNN is unsure of to this vision-language model (a local folder; "
+                   "the vlm extra); their records get stage 'vlm' and both scores.")
+@click.option("--vlm-adapter", metavar="ADAPTER", default=None,
+              help="A LoRA adapter from `mai train vlm` for --vlm (its calibrated threshold decides).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow --vlm to run code shipped with its weights (moondream2).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary: only records and errors.")
 @click.version_option(package_name="mai-detect")
 def cli(**kw: Any) -> None:
@@ -175,10 +192,16 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
          band: tuple[float, float] | None, no_uncertain: bool, include: tuple[str, ...],
          exclude: tuple[str, ...], hidden: bool, all_files: bool, recursive: bool, resume: bool,
          rescan: bool, no_state: bool, max_pixels: int | None, no_draft: bool, examples: bool,
-         fail_on: tuple[str, ...], quiet: bool) -> int:
+         fail_on: tuple[str, ...], quiet: bool, engine: str = "local", ray_address: str | None = None,
+         gpus_per_worker: float = 0.0, out_dir: str | None = None, vlm: str | None = None,
+         vlm_adapter: str | None = None, trust_remote_code: bool = False) -> int:
     """Run one scan; returns the exit status."""
     roots = _roots(paths, examples)
-    if resume and (jsonl is None or jsonl == "-"):
+    if out_dir is not None:
+        from scanner.shards import check_out_dir
+
+        check_out_dir(out_dir, jsonl, resume)
+    elif resume and (jsonl is None or jsonl == "-"):
         raise ScanError("--resume needs --jsonl FILE: it continues the records already written there")
     if jsonl not in (None, "-"):
         parent = os.path.dirname(os.path.abspath(jsonl))
@@ -187,7 +210,7 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
         if os.path.isdir(jsonl):
             raise ScanError(f"--jsonl {jsonl} is a folder; give a file name")
     if view == "auto":
-        view = "jsonl" if jsonl == "-" else "none" if jsonl else "table" if sys.stdout.isatty() else "plain"
+        view = "jsonl" if jsonl == "-" else "none" if jsonl or out_dir else "table" if sys.stdout.isatty() else "plain"
     elif view == "jsonl" and jsonl not in (None, "-"):
         raise ScanError("--format jsonl writes JSON Lines to stdout; with --jsonl FILE choose table, plain or none")
 
@@ -198,8 +221,23 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
         if not quiet:
             print_lines([(text, "dim")])
 
-    model = _open_model(model_path, device, threads or os.cpu_count(), note)
+    if engine != "ray" and (ray_address or gpus_per_worker):
+        raise ScanError("--ray-address and --gpus-per-worker need --engine ray")
+    ray_engine = None
+    if engine == "ray":  # Ray is imported only here, and only when a window of files is ready to score
+        from scanner.engine_ray import RayEngine
+
+        ray_engine = RayEngine(model_path, device, threads, address=ray_address, workers=workers,
+                               gpus_per_worker=gpus_per_worker, log=note)
+        model = ray_engine.driver_model(_open_model)
+    else:
+        model = _open_model(model_path, device, threads or os.cpu_count(), note)
     decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
+    opinion = _open_vlm(vlm, vlm_adapter, trust_remote_code, device, engine, note)
+    if opinion is not None:
+        import dataclasses
+
+        decision = dataclasses.replace(decision, second_threshold=opinion.threshold)
 
     from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow
     from scanner.pipeline import PipelineOptions, run
@@ -209,19 +247,25 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     summary = Summary()
     done = None
     if resume:
-        found = resume_jsonl(jsonl, summary)
+        if out_dir is not None:
+            from scanner.shards import resume_shards
+
+            found = resume_shards(out_dir, summary)
+        else:
+            found = resume_jsonl(jsonl, summary)
         others = sorted(found.models - {model.model_id})
         if others:
-            raise ScanError(f"--resume: {jsonl} holds records of {', '.join(others)}, not {model.model_id}; "
-                            "resume with the same --model, or write to a new file")
+            raise ScanError(f"--resume: {out_dir or jsonl} holds records of {', '.join(others)}, not "
+                            f"{model.model_id}; resume with the same --model, or write to a new file")
         done = found.paths
         if found.cut:
-            note(f"resume: cut {found.cut} bytes of an unfinished last record from {jsonl}")
-        note(f"resume: {len(done):,} records already in {jsonl}")
+            note(f"resume: cut {found.cut} bytes of an unfinished last record from {out_dir or jsonl}")
+        note(f"resume: {len(done):,} records already in {out_dir or jsonl}")
     state = None
     if not no_state:
         try:
-            state = ScanState(model_key=f"{model.model_id}|{model.precision}", on_error=note)
+            vlm_key = f"|vlm={opinion.model_id}" if opinion is not None else ""
+            state = ScanState(model_key=f"{model.model_id}|{model.precision}{vlm_key}", on_error=note)
         except Exception as e:  # noqa: BLE001 - sqlite3, OS or app-folder errors: the scan works without it
             note(f"scan state unavailable ({e}); scanning without it")
 
@@ -229,6 +273,12 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     writer = JsonlWriter(jsonl, append=resume) if jsonl else None
     if writer is not None:
         sinks.append(writer)
+    shards = None
+    if out_dir is not None:
+        from scanner.shards import ShardWriter
+
+        shards = ShardWriter(out_dir, append=resume, model=model.model_id)
+        sinks.append(shards)
     if view == "table":
         sinks.append(TableView())
     elif view == "plain":
@@ -272,7 +322,11 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
                             include=tuple(include), exclude=tuple(exclude))
     status = EXIT_OK
     try:
-        run(walk(roots, walk_opts), model, decision, emit, options=opts, triage=triage, tick=progress.tick)
+        engine_run = ray_engine.run if ray_engine is not None else run
+        engine_run(walk(roots, walk_opts), model, decision, emit, options=opts, triage=triage, tick=progress.tick,
+                   **({"second_opinion": opinion} if opinion is not None else {}))
+        if shards is not None:
+            shards.finished = True
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -287,12 +341,16 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
             state.close()
         if writer is not None:
             writer.close()
+        if shards is not None:
+            shards.close()
     if status == EXIT_PIPE:
         return status
     if not quiet:
-        lines = summary.lines(f"model: {model.describe()}", jsonl if jsonl not in (None, "-") else None)
+        lines = summary.lines(f"model: {model.describe()}", out_dir or (jsonl if jsonl not in (None, "-") else None))
+        if opinion is not None:
+            lines.append((f"  {opinion.summary_line()}", ""))
         if status == EXIT_INTERRUPTED:
-            how = ("run the same command with --resume to finish" if jsonl not in (None, "-")
+            how = ("run the same command with --resume to finish" if out_dir or jsonl not in (None, "-")
                    else "run it again: files already scored come from the scan state")
             lines.insert(0, (f"mai-scan: interrupted; {how}", "bold yellow"))
         print_lines(lines)
@@ -301,6 +359,23 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     if fail_on and any(summary.verdicts[v] for v in fail_on):
         return EXIT_FAIL_ON
     return EXIT_ERRORS if summary.errors else EXIT_OK
+
+
+def _open_vlm(vlm: str | None, adapter: str | None, trust_remote_code: bool, device: str, engine: str,
+              log: Any) -> Any:
+    """The VLM second opinion for --vlm, loaded before the scan starts (torch and
+    transformers are imported only here, only when --vlm is given)."""
+    if vlm is None:
+        if adapter is not None:
+            raise ScanError("--vlm-adapter needs --vlm BASE: the base model folder the adapter was trained on")
+        return None
+    if engine != "local":
+        raise ScanError("--vlm runs with --engine local only")
+    from mai.vlm.scan import VLMOpinion
+
+    opinion = VLMOpinion.load(vlm, adapter, trust_remote_code=trust_remote_code, device=device)
+    log(f"vlm: {opinion.describe()}, threshold {opinion.threshold:.4f} (loaded in {opinion.load_seconds:.1f} s)")
+    return opinion
 
 
 def _sigterm(signum: int, frame: Any) -> None:

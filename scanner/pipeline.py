@@ -96,13 +96,14 @@ def default_decision(model: Any) -> Decision:
 
 def score_batch(paths: Sequence[str], model: Any, decision: Decision | None = None,
                 second_opinion: SecondOpinion | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                draft: bool = True) -> list[dict[str, Any]]:
+                draft: bool = True, decode_fn: Callable[..., list[Decoded]] = decode_chunk) -> list[dict[str, Any]]:
     """Decode, preprocess, infer and describe `paths`: one record each, in order.
 
     `model` is an opened `export.session.OnnxModel` (an engine's actor opens it
-    once with `open_model` and calls this per batch).
+    once with `open_model` and calls this per batch). `decode_fn` is the
+    per-chunk decoder, as `PipelineOptions.decode_fn`.
     """
-    decoded = decode_chunk(list(paths), model.spec, max_pixels, draft)
+    decoded = decode_fn(list(paths), model.spec, max_pixels, draft)
     return describe(decoded, model, decision or default_decision(model), second_opinion)
 
 
