@@ -15,6 +15,7 @@ import ctypes
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,15 +47,14 @@ def _driver_loads() -> str | None:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
-    """onnxruntime.preload_dlls() prints failures on stdout, where JSON Lines go."""
-    fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else None
+def stdout_to_stderr() -> Iterator[None]:
+    """Send whatever is printed on stdout, by Python or by C code, to stderr while
+    the block runs: stdout carries JSON Lines records, and libraries
+    (onnxruntime.preload_dlls(), Ray starting) print their complaints there."""
     try:
-        if fd is None:
-            raise OSError
         sys.stdout.flush()
         saved = os.dup(1)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         with contextlib.redirect_stdout(sys.stderr):
             yield
         return
@@ -63,7 +63,8 @@ def _stdout_to_stderr():
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
-        sys.stdout.flush()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
 
@@ -78,7 +79,7 @@ def gpu_providers(ort: Any) -> tuple[list[str], str | None]:
         return [], why
     if hasattr(ort, "preload_dlls"):
         # With torch's NVIDIA wheels installed this finds CUDA and cuDNN there.
-        with _stdout_to_stderr(), contextlib.suppress(Exception):
+        with stdout_to_stderr(), contextlib.suppress(Exception):
             ort.preload_dlls()
     wanted = [CUDA]
     if os.environ.get("MAI_TENSORRT") == "1" and TENSORRT in available:

@@ -118,3 +118,22 @@ def report(scored: Scored, threshold: float, band: tuple[float, float] | None = 
                 np.mean((scored.scores[sure] >= threshold) == (scored.labels[sure] == 1))
             )
     return out
+
+
+def calibrate(scored: Scored, target_fpr: float | None, band_precision: float) -> dict[str, Any]:
+    """Choose the threshold and the uncertainty band on validation scores: the
+    `threshold`, `uncertain` and `calibration` entries of a model's mai.json,
+    and its `metrics.val` report. One rule for every detector MAI trains."""
+    threshold, how = metrics.choose_threshold(scored.scores, scored.labels, target_fpr)
+    band = metrics.uncertainty_band(scored.scores, scored.labels, threshold, band_precision)
+    return {
+        "threshold": threshold,
+        "uncertain": list(band),
+        "calibration": {
+            "threshold_rule": how,
+            "band_rule": f"validation precision >= {band_precision:g} outside the band on each side",
+            "on": f"{len(scored.scores)} validation images",
+        },
+        "metrics": {"val": report(scored, threshold, band)},
+    }
+

@@ -26,7 +26,7 @@ from mai import metrics
 from mai.artifact import save_artifact, versions
 from mai.data import SPLIT_RULE, DataSet, open_dataset
 from mai.errors import MaiError
-from mai.evaluate import decode_item, jpeg_reencoder, report, score_items
+from mai.evaluate import calibrate, decode_item, jpeg_reencoder, score_items
 from mai.preprocess import CIFAKE_SPEC, PreprocessSpec
 
 OPTIMIZERS = ("rmsprop", "adamw", "sgd")
@@ -367,22 +367,14 @@ def finalise(cfg: TrainConfig, out: Path, ds: DataSet, val_items: list, spec: Pr
     model = create_model(cfg.arch).to(device)
     model.load_state_dict(best["model"])
     scored = score_items(model, ds, val_items, spec, batch_size=128, device=device)
-    threshold, how = metrics.choose_threshold(scored.scores, scored.labels, cfg.target_fpr)
-    band = metrics.uncertainty_band(scored.scores, scored.labels, threshold, cfg.band_precision)
-    rep = report(scored, threshold, band)
+    cal = calibrate(scored, cfg.target_fpr, cfg.band_precision)
+    threshold, band, rep = cal["threshold"], cal["uncertain"], cal["metrics"]["val"]
     name = cfg.name or out.name
     meta = {
         "name": name,
         "architecture": {"name": cfg.arch, "args": {}},
         "preprocess": spec.to_dict(),
-        "threshold": threshold,
-        "uncertain": list(band),
-        "calibration": {
-            "threshold_rule": how,
-            "band_rule": f"validation precision >= {cfg.band_precision:g} outside the band on each side",
-            "on": f"{len(scored.scores)} validation images",
-        },
-        "metrics": {"val": rep},
+        **cal,
         "data": {
             "source": str(cfg.data), "fingerprint": ds.fingerprint(), "split_rule": SPLIT_RULE,
             "counts": {"all": ds.counts(), "train": len(ds.items) - len(ds.split("val")),

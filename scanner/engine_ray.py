@@ -62,16 +62,16 @@ import logging
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
+from export.session import stdout_to_stderr
 from mai.errors import MaiError
 from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow, decode_chunk
 from scanner.pipeline import _END, Emit, PipelineOptions, _walker, _WalkFailed, score_batch
@@ -130,28 +130,6 @@ class RayModel:
         where = "Ray workers" if not e.workers_used else f"{e.workers_used} Ray worker{'s' * (e.workers_used > 1)}"
         providers = ", ".join(p.replace("ExecutionProvider", "") for p in sorted(e.providers)) or "not started"
         return f"{m.model_id} {m.precision} on {where} (ONNX Runtime {providers})"
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """While Ray starts: whatever it (or a process it spawns) prints goes to
-    stderr, never into records on stdout."""
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError, AttributeError):
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-        return
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _quiet_ray_driver() -> None:
@@ -256,7 +234,7 @@ class RayEngine:
             else:
                 kw.update(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
             try:
-                with _stdout_to_stderr(), warnings.catch_warnings():
+                with stdout_to_stderr(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     ray.init(**kw)
             except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError ...
@@ -290,7 +268,7 @@ class RayEngine:
         if self._started:
             import ray
 
-            with _stdout_to_stderr():
+            with stdout_to_stderr():
                 ray.shutdown()
             self._started = False
 

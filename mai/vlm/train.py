@@ -162,7 +162,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     require_vlm_extra("mai train vlm")
     import torch
 
-    from mai.evaluate import report
+    from mai.evaluate import calibrate
     from mai.ui import TrainDisplay
     from mai.vlm.evaluate import score_items
     from mai.vlm.images import open_image
@@ -303,9 +303,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     if best["epoch"] != len(history):
         set_peft_model_state_dict(peft_model, {k: v.to(device) for k, v in best["state"].items()})
     scored = best["scored"]
-    threshold, how = metrics.choose_threshold(scored.scores, scored.labels, cfg.target_fpr)
-    band = metrics.uncertainty_band(scored.scores, scored.labels, threshold, cfg.band_precision)
-    rep = report(scored, threshold, band)
+    cal = calibrate(scored, cfg.target_fpr, cfg.band_precision)
 
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out))
@@ -324,14 +322,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
         "options": {"image_splitting": cfg.image_splitting},
         "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "target_modules": regex,
                  "trainable_parameters": n_train_params},
-        "threshold": threshold,
-        "uncertain": list(band),
-        "calibration": {
-            "threshold_rule": how,
-            "band_rule": f"validation precision >= {cfg.band_precision:g} outside the band on each side",
-            "on": f"{len(scored.scores)} validation images",
-        },
-        "metrics": {"val": rep},
+        **cal,
         "data": {
             "source": str(cfg.data), "fingerprint": ds.fingerprint(), "split_rule": SPLIT_RULE,
             "balance": "each epoch: all of the smaller class and a fresh draw of as many of the larger",
@@ -360,6 +351,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     tmp = out / (META_NAME + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / META_NAME)
-    display.note(f"saved {meta['model_id']} to {out} (best epoch {best['epoch']}, threshold {threshold:.4f}, "
+    band, rep = cal["uncertain"], cal["metrics"]["val"]
+    display.note(f"saved {meta['model_id']} to {out} (best epoch {best['epoch']}, threshold {cal['threshold']:.4f}, "
                  f"band [{band[0]:.4f}, {band[1]:.4f}], val accuracy {rep['accuracy']:.4f})")
     return out
