@@ -38,7 +38,11 @@ def _env() -> dict[str, str]:
 # A wrapper that runs mai-scan with every written record followed by a short
 # sleep, so a test can interrupt it mid-scan deterministically.
 SLOW = """
-import sys, time
+import signal, sys, time
+# A test run started in the background by a non-interactive shell inherits SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler: restore it, as a
+# terminal would have it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import scanner.sinks as s
 def slow(f):
     def write(self, r):
