@@ -74,7 +74,7 @@ import numpy as np
 from export.session import stdout_to_stderr
 from mai.errors import MaiError
 from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow, decode_chunk
-from scanner.pipeline import _END, Emit, PipelineOptions, _walker, _WalkFailed, score_batch
+from scanner.pipeline import _END, Emit, PipelineOptions, _walker, route_walked, score_batch
 from scanner.records import Decision, error_record, to_line
 from scanner.walk import Entry, WalkError
 
@@ -308,12 +308,8 @@ class RayEngine:
                     return
                 if item is _END:
                     walk_done = True
-                elif isinstance(item, _WalkFailed):
-                    raise item.exc
-                elif isinstance(item, WalkError):
-                    emit(error_record(item.path, item.kind, item.message, model=model.model_id), None)
-                elif triage is None or not triage(item):
-                    window.append(item)
+                elif (entry := route_walked(item, model, emit, triage)) is not None:
+                    window.append(entry)
 
         try:
             nxt: list[Entry] = []

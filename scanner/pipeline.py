@@ -184,6 +184,20 @@ class _WalkFailed:
         self.exc = exc
 
 
+def route_walked(item: Any, model: Any, emit: Any, triage: Callable[[Entry], bool] | None) -> Entry | None:
+    """What every engine does with one item from the walk queue (other than the
+    end marker): re-raise a failed walk, turn a walk error into its record, let
+    `triage` settle a file (resume, unchanged), and hand back the rest to score."""
+    if isinstance(item, _WalkFailed):
+        raise item.exc
+    if isinstance(item, WalkError):
+        emit(error_record(item.path, item.kind, item.message, model=model.model_id), None)
+        return None
+    if triage is not None and triage(item):
+        return None
+    return item
+
+
 def _walker(source: Iterable[Entry | WalkError], q: queue.Queue, stop: threading.Event) -> None:
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -263,12 +277,8 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
                     break
                 if item is _END:
                     walk_done = True
-                elif isinstance(item, _WalkFailed):
-                    raise item.exc
-                elif isinstance(item, WalkError):
-                    emit(error_record(item.path, item.kind, item.message, model=model.model_id), None)
-                elif triage is None or not triage(item):
-                    chunk.append(item)
+                elif (entry := route_walked(item, model, emit, triage)) is not None:
+                    chunk.append(entry)
                     if len(chunk) >= opts.chunk_size:
                         submit(chunk)
                         chunk = []

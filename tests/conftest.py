@@ -76,3 +76,10 @@ def onnx_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = make_artifact(tmp_path_factory.mktemp("model") / "test-cnn")
     export_onnx(out, ("fp32",))
     return out
+
+
+@pytest.fixture
+def model_args(onnx_model_dir: Path) -> list[str]:
+    """mai-scan options for the random test model, on the CPU."""
+    return ["--model", str(onnx_model_dir), "--device", "cpu", "--threads", "1"]
+

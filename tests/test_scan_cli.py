@@ -17,22 +17,11 @@ from pathlib import Path
 
 import pytest
 from test_scan_support import a1111_png, encode, make_library, photo, read_jsonl, run_cli, tiny_pngs
+from test_scan_support import scan_env as _env
 
 from scanner.records import FIELDS, SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def model_args(onnx_model_dir: Path) -> list[str]:
-    return ["--model", str(onnx_model_dir), "--device", "cpu", "--threads", "1"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.pop("MAI_DEBUG", None)
-    return env
 
 
 # A wrapper that runs mai-scan with every written record followed by a short

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from test_scan_support import make_library, read_jsonl, run_cli, tiny_pngs
+from test_scan_support import scan_env as _env
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'mai-detect[ray]')")
 
@@ -40,18 +41,6 @@ def ray_session():
             os.environ["PYTHONPATH"] = old_path
     yield
     ray.shutdown()
-
-
-@pytest.fixture
-def model_args(onnx_model_dir: Path) -> list[str]:
-    return ["--model", str(onnx_model_dir), "--device", "cpu", "--threads", "1"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.pop("MAI_DEBUG", None)
-    return env
 
 
 def crash_decode_chunk(paths: list[str], spec, max_pixels: int, draft: bool) -> list:

@@ -181,3 +181,14 @@ def crashing_decode_chunk(paths: list[str], spec: Any, max_pixels: int, draft: b
 def failing_init() -> None:
     """A worker initializer that fails: a pool that can never run anything."""
     raise RuntimeError("this worker cannot start")
+
+
+def scan_env() -> dict[str, str]:
+    """The environment for a mai-scan subprocess: this checkout importable, no
+    MAI_DEBUG (its tracebacks would change what the tests read)."""
+    env = dict(os.environ)
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    env.pop("MAI_DEBUG", None)
+    return env
+
