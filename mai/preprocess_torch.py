@@ -1,44 +1,50 @@
 """The resize steps of a `PreprocessSpec` in torch, for batches already on a device.
 
 Training feeds the output of the first step (made by `mai.preprocess.prepare`) and
-finishes the rest here; a GPU scan path can do the same. Tests prove the result
-equal to Pillow's within one grey level (Pillow resamples in fixed point).
+finishes the rest here; the GPU scan path runs every step here. Each pass is a
+product with Pillow's own weight matrix (`mai.resample.coefficients`), rounded to
+8 bits between passes as Pillow stores them, so the result is Pillow's: exactly
+in float64, within one grey level (a rare round-half case) in float32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from mai.preprocess import PreprocessSpec, SpecError, Step
+from mai.resample import FILTERS, coefficients
 
 
-def resize_steps(x: torch.Tensor, steps: Sequence[Step]) -> torch.Tensor:
-    """Resize a uint8 NHWC batch through `steps`; returns uint8 NHWC."""
+@lru_cache(maxsize=64)
+def _weights(in_size: int, out_size: int, resample: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(coefficients(in_size, out_size, resample).copy()).to(device=device, dtype=dtype)
+
+
+def _round8(y: torch.Tensor) -> torch.Tensor:
+    return y.add_(0.5).floor_().clamp_(0, 255)
+
+
+def resize_steps(x: torch.Tensor, steps: Sequence[Step], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Resize a uint8 NHWC batch through `steps`; returns uint8 NHWC.
+
+    `x` may be a strided view (an EXIF turn or a crop of a decoded image)."""
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
         raise SpecError(f"expected a uint8 NHWC batch, got {x.dtype} {tuple(x.shape)}")
     if not steps:
         return x
-    y = x.permute(0, 3, 1, 2).float()
+    y = x.to(dtype)
     for step in steps:
-        w, h = step.size
-        if tuple(y.shape[-2:]) == (h, w):
-            continue
-        if step.resample == "bilinear":
-            # antialias=True follows Pillow's filter support when shrinking;
-            # when enlarging it is plain bilinear, as Pillow's is.
-            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        elif step.resample == "bicubic":
-            y = F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
-        elif step.resample == "box":
-            y = F.adaptive_avg_pool2d(y, (h, w))
-        else:
+        if step.resample not in FILTERS:
             raise SpecError(f"resample {step.resample!r} has no torch implementation")
-        # Round after every step, as Pillow stores 8-bit pixels between steps.
-        y = y.round_().clamp_(0, 255)
-    return y.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        w, h = step.size
+        if y.shape[2] != w:  # horizontal pass first, as Pillow
+            y = _round8(torch.einsum("ow,nhwc->nhoc", _weights(y.shape[2], w, step.resample, y.device, dtype), y))
+        if y.shape[1] != h:
+            y = _round8(torch.einsum("oh,nhwc->nowc", _weights(y.shape[1], h, step.resample, y.device, dtype), y))
+    return y.to(torch.uint8).contiguous()
 
 
 def finish(x: torch.Tensor, spec: PreprocessSpec, done: int = 1) -> torch.Tensor:

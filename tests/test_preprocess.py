@@ -114,4 +114,4 @@ def test_torch_steps_match_pillow_within_one_level(src):
     got = finish(first, spec).numpy().astype(int)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1
-    assert np.mean(got == ref) > 0.6
+    assert np.mean(got == ref) > 0.97  # float32 differs from Pillow only at round-half cases
