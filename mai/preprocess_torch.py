@@ -2,7 +2,8 @@
 
 Training feeds the output of the first step (made by `mai.preprocess.prepare`) and
 finishes the rest here; the GPU scan path runs every step here. Each pass is a
-product with Pillow's own weight matrix (`mai.resample.coefficients`), rounded to
+product with Pillow's own weight matrix (`mai.resample.coefficients`), in Pillow's
+pass order (`mai.resample.vertical_first`), rounded to
 8 bits between passes as Pillow stores them, so the result is Pillow's: exactly
 in float64, within one grey level (a rare round-half case) in float32.
 """
@@ -15,7 +16,7 @@ from functools import lru_cache
 import torch
 
 from mai.preprocess import PreprocessSpec, SpecError, Step
-from mai.resample import FILTERS, coefficients
+from mai.resample import FILTERS, coefficients, vertical_first
 
 
 @lru_cache(maxsize=64)
@@ -40,10 +41,14 @@ def resize_steps(x: torch.Tensor, steps: Sequence[Step], dtype: torch.dtype = to
         if step.resample not in FILTERS:
             raise SpecError(f"resample {step.resample!r} has no torch implementation")
         w, h = step.size
-        if y.shape[2] != w:  # horizontal pass first, as Pillow
-            y = _round8(torch.einsum("ow,nhwc->nhoc", _weights(y.shape[2], w, step.resample, y.device, dtype), y))
-        if y.shape[1] != h:
-            y = _round8(torch.einsum("oh,nhwc->nowc", _weights(y.shape[1], h, step.resample, y.device, dtype), y))
+        passes = ["h", "v"]
+        if vertical_first((y.shape[2], y.shape[1]), (w, h)):
+            passes.reverse()  # the order Pillow takes
+        for p in passes:
+            if p == "h" and y.shape[2] != w:
+                y = _round8(torch.einsum("ow,nhwc->nhoc", _weights(y.shape[2], w, step.resample, y.device, dtype), y))
+            elif p == "v" and y.shape[1] != h:
+                y = _round8(torch.einsum("oh,nhwc->nowc", _weights(y.shape[1], h, step.resample, y.device, dtype), y))
     return y.to(torch.uint8).contiguous()
 
 

@@ -1,7 +1,8 @@
 """Pillow's resampling as matrices, so a device can resize exactly as Pillow does.
 
-Pillow resizes in two separable passes, horizontal then vertical, storing 8-bit
-pixels in between, with each output pixel a normalised weighted sum of the
+Pillow resizes in two separable passes, storing 8-bit pixels in between
+(horizontal first, except that Pillow 13 runs the vertical pass first when the
+height shrinks by more than twice as many pixels as the width: `vertical_first`), with each output pixel a normalised weighted sum of the
 input pixels under a filter stretched by the scale factor (that stretch is
 what antialiases a shrink). `coefficients(in, out, resample)` rebuilds those
 weights (Pillow's `precompute_coeffs` in Resample.c) as a dense (out, in)
@@ -95,6 +96,25 @@ def coefficients(in_size: int, out_size: int, resample: str) -> np.ndarray:
     return m
 
 
+def _pillow_major() -> int:
+    try:
+        import PIL
+
+        return int(PIL.__version__.split(".")[0])
+    except (ImportError, ValueError):  # pragma: no cover - Pillow is a base dependency
+        return 13
+
+
+_VERTICAL_FIRST_RULE = _pillow_major() >= 13
+
+
+def vertical_first(in_size: tuple[int, int], out_size: tuple[int, int]) -> bool:
+    """Whether Pillow (the installed version) runs the vertical pass first for
+    this resize; sizes are (width, height). The order decides some roundings."""
+    (w, h), (tw, th) = in_size, out_size
+    return _VERTICAL_FIRST_RULE and h - th > 0 and h - th > (w - tw) * 2
+
+
 def round8(x: np.ndarray) -> np.ndarray:
     """Pillow's store to 8 bits: round half up, then clip to 0..255."""
     return np.clip(np.floor(x + 0.5), 0, 255)
@@ -105,8 +125,12 @@ def resize(a: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:
     h, w = a.shape[:2]
     tw, th = size
     y = a.astype(np.float64)
-    if tw != w:
-        y = round8(np.einsum("ow,hwc->hoc", coefficients(w, tw, resample), y))
-    if th != h:
-        y = round8(np.einsum("oh,hwc->owc", coefficients(h, th, resample), y))
+
+    def horizontal(y: np.ndarray) -> np.ndarray:
+        return round8(np.einsum("ow,hwc->hoc", coefficients(w, tw, resample), y)) if tw != w else y
+
+    def vertical(y: np.ndarray) -> np.ndarray:
+        return round8(np.einsum("oh,hwc->owc", coefficients(h, th, resample), y)) if th != h else y
+
+    y = horizontal(vertical(y)) if vertical_first((w, h), size) else vertical(horizontal(y))
     return y.astype(np.uint8)

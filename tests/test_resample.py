@@ -65,3 +65,14 @@ def test_torch_resize_takes_strided_views_and_refuses_nearest():
     assert np.array_equal(resize_steps(view, (Step((32, 32), "box"),), dtype=torch.float64)[0].numpy(), ref)
     with pytest.raises(SpecError, match="nearest"):
         resize_steps(view, (Step((8, 8), "nearest"),))
+
+
+def test_random_shapes_are_pillow_exactly():
+    """Pillow's pass order depends on the shapes (mai.resample.vertical_first)."""
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        h, w, tw, th = (int(v) for v in rng.integers(4, 90, 4))
+        resample = ["box", "bilinear", "bicubic", "lanczos"][int(rng.integers(4))]
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ref = np.asarray(Image.fromarray(a).resize((tw, th), RESAMPLE[resample]))
+        assert np.array_equal(resize(a, (tw, th), resample), ref), (h, w, tw, th, resample)
