@@ -84,17 +84,30 @@ def main() -> None:
     print(f"# hardware: {_cpu_name()}, {os.cpu_count()} cores"
           + (f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "; no GPU"))
     print(f"# torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}")
-    rng = np.random.default_rng(0)
     print("| batch | engine | images/s | ratio to slowest |")
     print("|---|---|---|---|")
-    for bs in (int(b) for b in args.batch_sizes.split(",")):
+    for bs, name, rate, ratio in measure(eng, [int(b) for b in args.batch_sizes.split(",")], args.seconds):
+        print(f"| {bs} | {name} | {rate:,.0f} | {ratio:.2f}x |", flush=True)
+
+
+def measure(eng: dict[str, Callable[[np.ndarray], object]], batch_sizes: list[int],
+            seconds: float) -> list[tuple[int, str, float, float]]:
+    """(batch, engine, images/s, ratio to the slowest at that batch) for each pair.
+
+    Engines run the same uint8 batch, interleaved round by round, so a noisy
+    neighbour slows them all alike; a GPU engine is synchronised before its clock stops."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for bs in batch_sizes:
         x = rng.integers(0, 256, (bs, 200, 200, 3), dtype=np.uint8)
         for run in eng.values():
             run(x)  # warm-up (CUDA contexts, allocator, graph optimisation)
         counts = dict.fromkeys(eng, 0)
         spent = dict.fromkeys(eng, 0.0)
-        deadline = time.perf_counter() + args.seconds * len(eng)
-        while time.perf_counter() < deadline:  # interleave engines round by round
+        deadline = time.perf_counter() + seconds * len(eng)
+        while time.perf_counter() < deadline:
             for name, run in eng.items():
                 t = time.perf_counter()
                 run(x)
@@ -104,9 +117,8 @@ def main() -> None:
                 counts[name] += bs
         rates = {n: counts[n] / spent[n] for n in eng}
         slowest = min(rates.values())
-        for n, r in rates.items():
-            print(f"| {bs} | {n} | {r:,.0f} | {r / slowest:.2f}x |", flush=True)
-
+        rows.extend((bs, n, r, r / slowest) for n, r in rates.items())
+    return rows
 
 if __name__ == "__main__":
     main()

@@ -220,8 +220,9 @@ class TreeMemory:
         return self.peak_rss / 1024, self.peak_pss / 1024  # MiB
 
 
-def mai_scan(folder: Path, model_path: str, workers: int, batch_size: int, extra: list[str] = ()) -> dict:
-    """Run the real command; count records on its stdout."""
+def mai_scan(folder: Path, model_path: str, workers: int, batch_size: int, extra: list[str] = (),
+             scores: dict[str, float | None] | None = None) -> dict:
+    """Run the real command; count records on its stdout (and keep path -> CNN score in `scores`)."""
     env = dict(os.environ, MAI_HOME=tempfile.mkdtemp(prefix="mai-bench-home-"),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "scanner.cli", str(folder), "--model", model_path, "--jsonl", "-", "-q",
@@ -235,14 +236,18 @@ def mai_scan(folder: Path, model_path: str, workers: int, batch_size: int, extra
             first = time.monotonic() - t0
         n += 1
         errors += b'"verdict": "error"' in line
+        if scores is not None:
+            rec = json.loads(line)
+            scores[rec["path"]] = rec["scores"]["cnn"]
     rc = proc.wait()
     wall = time.monotonic() - t0
     rss, pss = mem.stop()
+    log = proc.stderr.read().decode()
     if rc not in (0, 3):
-        raise SystemExit(f"mai-scan failed ({rc}): {proc.stderr.read().decode()[-2000:]}")
+        raise SystemExit(f"mai-scan failed ({rc}): {log[-2000:]}")
     steady = (n - 1) / (wall - first) if first is not None and n > 1 and wall > first else 0.0
     return {"records": n, "errors": errors, "wall_s": wall, "rate": n / wall, "steady_rate": steady,
-            "first_s": first, "rss_mib": rss, "pss_mib": pss}
+            "first_s": first, "rss_mib": rss, "pss_mib": pss, "log": log}
 
 
 def draft_effect(files: list[str], model_path: str, limit: int = 50) -> tuple[float, float, int]:

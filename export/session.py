@@ -134,6 +134,25 @@ class OnnxModel:
         logit, prob = self.session.run(["logit", "prob"], {"image": np.ascontiguousarray(images)})
         return logit, prob
 
+    def predict_bound(self, data_ptr: int, shape: tuple[int, ...], device: str = "cuda",
+                      device_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`predict` for a contiguous uint8 (N, H, W, 3) batch that already lies at
+        `data_ptr` in `device` memory ("cuda" or "cpu"): ONNX Runtime reads it in
+        place through IO binding, so a batch decoded on the GPU never crosses to
+        the host. Only the two small outputs come back. The caller keeps the
+        memory alive, and finished writing it, until this returns."""
+        if len(shape) != 4 or shape[-1] != 3:
+            raise SessionError(f"expected (N, H, W, 3), got {shape}")
+        if device == "cuda" and self.provider == CPU:
+            raise SessionError("a batch in GPU memory needs the model on CUDA; open it with device='cuda'")
+        binding = self.session.io_binding()
+        binding.bind_input("image", device, device_id, np.uint8, list(shape), data_ptr)
+        binding.bind_output("logit")
+        binding.bind_output("prob")
+        self.session.run_with_iobinding(binding)
+        logit, prob = binding.copy_outputs_to_cpu()
+        return logit, prob
+
 
 REQUIRED_META = ("mai.schema", "mai.model_id", "mai.preprocess", "mai.threshold", "mai.uncertain")
 

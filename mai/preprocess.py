@@ -164,19 +164,26 @@ def to_rgb(im: Image.Image, alpha: str = "composite_white") -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def fit_aspect(im: Image.Image, fit: str, size: tuple[int, int]) -> Image.Image:
-    """Bring the image to the aspect ratio of `size` (width, height)."""
+def fit_box(image_size: tuple[int, int], fit: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) region of an image of `image_size` (width,
+    height) that `fit` keeps to reach the aspect ratio of `size`."""
+    w, h = image_size
     if fit == "squash":
-        return im
-    w, h = im.size
+        return 0, 0, w, h
     tw, th = size
     if w * th > h * tw:  # too wide
         nw = max(1, round(h * tw / th))
         left = (w - nw) // 2
-        return im.crop((left, 0, left + nw, h))
+        return left, 0, left + nw, h
     nh = max(1, round(w * th / tw))
     top = (h - nh) // 2
-    return im.crop((0, top, w, top + nh))
+    return 0, top, w, top + nh
+
+
+def fit_aspect(im: Image.Image, fit: str, size: tuple[int, int]) -> Image.Image:
+    """Bring the image to the aspect ratio of `size` (width, height)."""
+    box = fit_box(im.size, fit, size)
+    return im if box == (0, 0, *im.size) else im.crop(box)
 
 
 def draft_size(spec: PreprocessSpec, image_size: tuple[int, int]) -> tuple[int, int] | None:

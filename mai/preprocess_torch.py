@@ -45,10 +45,14 @@ def resize_steps(x: torch.Tensor, steps: Sequence[Step], dtype: torch.dtype = to
         if vertical_first((y.shape[2], y.shape[1]), (w, h)):
             passes.reverse()  # the order Pillow takes
         for p in passes:
-            if p == "h" and y.shape[2] != w:
-                y = _round8(torch.einsum("ow,nhwc->nhoc", _weights(y.shape[2], w, step.resample, y.device, dtype), y))
-            elif p == "v" and y.shape[1] != h:
-                y = _round8(torch.einsum("oh,nhwc->nowc", _weights(y.shape[1], h, step.resample, y.device, dtype), y))
+            n, hh, ww, c = y.shape
+            # Plain matrix products on contiguous memory (einsum would permute and copy).
+            if p == "h" and ww != w:
+                k = _weights(ww, w, step.resample, y.device, dtype)
+                y = _round8(torch.matmul(k, y.reshape(n * hh, ww, c))).reshape(n, hh, w, c)
+            elif p == "v" and hh != h:
+                k = _weights(hh, h, step.resample, y.device, dtype)
+                y = _round8(torch.matmul(k, y.reshape(n, hh, ww * c))).reshape(n, h, ww, c)
     return y.to(torch.uint8).contiguous()
 
 

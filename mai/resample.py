@@ -2,7 +2,8 @@
 
 Pillow resizes in two separable passes, storing 8-bit pixels in between
 (horizontal first, except that Pillow 13 runs the vertical pass first when the
-height shrinks by more than twice as many pixels as the width: `vertical_first`), with each output pixel a normalised weighted sum of the
+height shrinks by more than twice as many pixels as the width:
+`vertical_first`), with each output pixel a normalised weighted sum of the
 input pixels under a filter stretched by the scale factor (that stretch is
 what antialiases a shrink). `coefficients(in, out, resample)` rebuilds those
 weights (Pillow's `precompute_coeffs` in Resample.c) as a dense (out, in)

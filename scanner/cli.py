@@ -53,6 +53,7 @@ Examples:
   mai-scan ./photos --jsonl out.jsonl --resume # finish an interrupted scan
   mai-scan ./photos --jsonl - | jq -r 'select(.verdict=="synthetic").path'
   mai-scan ./dump --include '*.png' --exclude 'thumbs/*' --workers 4
+  mai-scan ./photos --device cuda --jsonl out.jsonl  # nvJPEG decode + fp16 model on the GPU
   mai-scan upload.jpg --fail-on synthetic      # exit 4 if it looks generated
   mai-scan ./photos --vlm models/SmolVLM-256M-Instruct --vlm-adapter runs/vlm-lora
                                                # uncertain images get a VLM's second opinion
@@ -106,8 +107,13 @@ Exit status:
               help="What stdout shows: auto = a table on a terminal, plain lines otherwise, nothing with --jsonl FILE.")
 @click.option("--model", "model_path", metavar="PATH", default=None,
               help="Model folder (with model.fp32.onnx) or .onnx file. Default: the embedded model.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True, metavar="N")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="Where the model runs: cuda where ONNX Runtime's CUDA provider really loads, else cpu.")
+@click.option("--decoder", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Where JPEGs are decoded and resized: gpu = nvJPEG through torchvision (the gpu extra), "
+                   "with the model on CUDA; auto = gpu whenever that can run.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=None, metavar="N",
+              help="Images per model call (default: 32; 256 on the GPU path).")
 @click.option("--workers", type=click.IntRange(0, 512), default=None, metavar="N",
               help="Decode processes (default: one per CPU; 0 decodes in this process).")
 @click.option("--threads", type=click.IntRange(1, 512), default=None, metavar="N",
@@ -188,13 +194,13 @@ def _open_model(model_path: str | None, device: str, threads: int | None, log: A
 
 
 def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str | None, device: str,
-         batch_size: int, workers: int | None, threads: int | None, threshold: float | None,
+         batch_size: int | None, workers: int | None, threads: int | None, threshold: float | None,
          band: tuple[float, float] | None, no_uncertain: bool, include: tuple[str, ...],
          exclude: tuple[str, ...], hidden: bool, all_files: bool, recursive: bool, resume: bool,
          rescan: bool, no_state: bool, max_pixels: int | None, no_draft: bool, examples: bool,
          fail_on: tuple[str, ...], quiet: bool, engine: str = "local", ray_address: str | None = None,
          gpus_per_worker: float = 0.0, out_dir: str | None = None, vlm: str | None = None,
-         vlm_adapter: str | None = None, trust_remote_code: bool = False) -> int:
+         vlm_adapter: str | None = None, trust_remote_code: bool = False, decoder: str = "auto") -> int:
     """Run one scan; returns the exit status."""
     roots = _roots(paths, examples)
     if out_dir is not None:
@@ -233,6 +239,7 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     else:
         model = _open_model(model_path, device, threads or os.cpu_count(), note)
     decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
+    gpu = _choose_decoder(model, decoder, engine, note)
     opinion = _open_vlm(vlm, vlm_adapter, trust_remote_code, device, engine, note)
     if opinion is not None:
         import dataclasses
@@ -315,8 +322,8 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
         # A few named files decode faster here than a pool starts.
         few_files = len(roots) <= 4 and all(os.path.isfile(r) for r in roots)
         workers = 0 if few_files else os.cpu_count() or 1
-    opts = PipelineOptions(workers=workers, batch_size=batch_size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                           draft=not no_draft)
+    opts = PipelineOptions(workers=workers, batch_size=batch_size or (256 if gpu is not None else 32),
+                           max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft=not no_draft, gpu=gpu)
     configure_pillow()
     walk_opts = WalkOptions(recursive=recursive, hidden=hidden, all_files=all_files,
                             include=tuple(include), exclude=tuple(exclude))
@@ -349,6 +356,8 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
         lines = summary.lines(f"model: {model.describe()}", out_dir or (jsonl if jsonl not in (None, "-") else None))
         if opinion is not None:
             lines.append((f"  {opinion.summary_line()}", ""))
+        if gpu is not None:
+            lines.extend((f"  {line}", "") for line in gpu.stats.lines())
         if status == EXIT_INTERRUPTED:
             how = ("run the same command with --resume to finish" if out_dir or jsonl not in (None, "-")
                    else "run it again: files already scored come from the scan state")
@@ -359,6 +368,19 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     if fail_on and any(summary.verdicts[v] for v in fail_on):
         return EXIT_FAIL_ON
     return EXIT_ERRORS if summary.errors else EXIT_OK
+
+
+def _choose_decoder(model: Any, decoder: str, engine: str, log: Any) -> Any:
+    """The GPU stage for --decoder (None: the CPU path), saying which path runs.
+    torch is imported only when the model already runs on CUDA."""
+    from scanner.gpu import GpuPathError, choose
+
+    try:
+        stage, line = choose(model, decoder, engine)
+    except GpuPathError as e:
+        raise ScanError(str(e)) from None
+    log(line)
+    return stage
 
 
 def _open_vlm(vlm: str | None, adapter: str | None, trust_remote_code: bool, device: str, engine: str,

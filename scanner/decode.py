@@ -45,6 +45,12 @@ class Decoded:
     array: np.ndarray | None  # uint8 (H, W, 3) at the model's input size, or None on error
     facts: dict[str, Any] = field(default_factory=dict)  # width, height, format, bytes, provenance
     error: tuple[str, str] | None = None  # (kind, message)
+    # The GPU path's reader (gpu=True) decodes no pixels: a JPEG the GPU can take
+    # comes back as its bytes and EXIF orientation, anything else with `cpu` set
+    # to why it needs the CPU decoder (the worker processes then decode it).
+    jpeg: bytearray | None = None
+    orientation: int = 1
+    cpu: str | None = None
 
 
 def init_worker() -> None:
@@ -87,8 +93,11 @@ def _orientation(im: Image.Image) -> int:
 
 
 def decode_file(path: str, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
-                draft: bool = True) -> Decoded:
-    """Decode and preprocess one file; never raises for a bad file."""
+                draft: bool = True, gpu: bool = False) -> Decoded:
+    """Decode and preprocess one file; never raises for a bad file.
+
+    `gpu=True` is the GPU path's reader: the same checks, but no pixel is decoded
+    (see `Decoded.jpeg` and `Decoded.cpu`)."""
     try:
         # O_NONBLOCK: if a FIFO took the file's place since the walk, opening it
         # must not block the worker forever (it has no effect on regular files).
@@ -117,12 +126,14 @@ def decode_file(path: str, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_P
             return _err(path, "decode", f"not an image: the content is no format mai-scan reads (starts {head[:8]!r})",
                         facts)
         facts["format"] = fmt
+        if gpu and fmt != "JPEG":
+            return Decoded(path, None, facts, cpu=fmt)
         if fmt == "AVIF" and not avif_available():
             return _err(path, "unsupported", "AVIF image: this Pillow has no AVIF codec (upgrade Pillow)", facts)
         if fmt == "HEIF" and not heif_available():
             return _err(path, "unsupported", "HEIF/HEIC image: install pillow-heif to scan it", facts)
         try:
-            return _decode_open(path, f, fmt, spec, max_pixels, draft, facts)
+            return _decode_open(path, f, fmt, spec, max_pixels, draft, facts, gpu)
         except MemoryError:
             return _err(path, "too_large", "out of memory while decoding", facts)
         except Image.DecompressionBombError as e:
@@ -138,7 +149,7 @@ def decode_file(path: str, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_P
 
 
 def _decode_open(path: str, f: Any, fmt: str, spec: PreprocessSpec, max_pixels: int, draft: bool,
-                 facts: dict[str, Any]) -> Decoded:
+                 facts: dict[str, Any], gpu: bool = False) -> Decoded:
     # Only the sniffed format's plugin may read it: a file that fails to be a
     # JPEG is never handed to Pillow's long tail of exotic readers.
     with Image.open(f, formats=[fmt]) as im:
@@ -155,8 +166,11 @@ def _decode_open(path: str, f: Any, fmt: str, spec: PreprocessSpec, max_pixels: 
             return _err(path, "too_large",
                         f"{w}x{h} is {w * h / 1e6:.1f} megapixels, over the limit of {max_pixels / 1e6:g} "
                         "megapixels (raise it with --max-pixels if the file is trusted)", facts)
-        swap = _orientation(im) in _SWAPPING_ORIENTATIONS
+        orientation = _orientation(im)
+        swap = orientation in _SWAPPING_ORIENTATIONS
         facts["width"], facts["height"] = (h, w) if swap else (w, h)
+        if gpu:
+            return _gpu_ready(path, f, im, orientation, facts)
         if getattr(im, "is_animated", False):
             im.seek(0)  # the first frame stands for the animation
         if draft and im.format == "JPEG":
@@ -169,6 +183,33 @@ def _decode_open(path: str, f: Any, fmt: str, spec: PreprocessSpec, max_pixels: 
         array = prepare(im, spec)
         facts["provenance"] = read_provenance(im, path)
     return Decoded(path, array, facts, None)
+
+
+def _gpu_ready(path: str, f: Any, im: Image.Image, orientation: int, facts: dict[str, Any]) -> Decoded:
+    """The GPU reader's result for a JPEG whose header passed every check."""
+    facts["provenance"] = read_provenance(im, path)
+    if im.mode not in ("RGB", "L"):  # CMYK/YCCK: nvJPEG's colour output would not be Pillow's
+        return Decoded(path, None, facts, cpu=f"{im.mode} JPEG")
+    # Read into a bytearray: torch wraps it without a copy (bytes are read-only).
+    f.seek(0)
+    data = bytearray(facts["bytes"])
+    view, got = memoryview(data), 0
+    while got < len(data) and (n := f.readinto(view[got:])):
+        got += n
+    del view
+    if got < len(data):
+        del data[got:]  # the file shrank since fstat
+    # A truncated JPEG is an error record on the CPU path; nvJPEG might fill in the
+    # missing rows silently, so a file without its end marker goes to Pillow.
+    if not bytes(data[-64:]).rstrip(b"\0").endswith(b"\xff\xd9"):
+        return Decoded(path, None, facts, cpu="JPEG without an end marker")
+    return Decoded(path, None, facts, jpeg=data, orientation=orientation if 1 <= orientation <= 8 else 1)
+
+
+def read_chunk(paths: list[str], spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
+               draft: bool = True) -> list[Decoded]:
+    """The GPU path's reader (a thread): JPEG bytes for the GPU, or why not."""
+    return [decode_file(p, spec, max_pixels, draft, gpu=True) for p in paths]
 
 
 def decode_chunk(paths: list[str], spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -41,7 +41,7 @@ import numpy as np
 
 from mai.errors import MaiError
 from mai.preprocess import PreprocessSpec
-from scanner.decode import DEFAULT_MAX_PIXELS, Decoded, decode_chunk, init_worker
+from scanner.decode import DEFAULT_MAX_PIXELS, Decoded, decode_chunk, init_worker, read_chunk
 from scanner.records import Decision, error_record, make_record
 from scanner.walk import Entry, WalkError
 
@@ -62,14 +62,29 @@ class SecondOpinion(Protocol):
     def score(self, images: list[np.ndarray], paths: list[str]) -> list[float]: ...
 
 
-def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
-             second_opinion: SecondOpinion | None = None) -> list[dict[str, Any]]:
-    """Infer one batch of decode results and build their records, in order."""
+def infer_host(decoded: list[Decoded], model: Any, keep_arrays: bool = True) -> dict[int, float]:
+    """The CPU path's inference: stack the decoded arrays, run the model; {index: P(synthetic)}."""
     ok = [i for i, d in enumerate(decoded) if d.error is None and d.array is not None]
-    cnn: dict[int, float] = {}
-    if ok:
-        _, prob = model.predict(np.stack([decoded[i].array for i in ok]))
-        cnn = {i: float(p) for i, p in zip(ok, prob, strict=True)}
+    if not ok:
+        return {}
+    _, prob = model.predict(np.stack([decoded[i].array for i in ok]))
+    return {i: float(p) for i, p in zip(ok, prob, strict=True)}
+
+
+#: (decoded, model, keep_arrays) -> {index: P(synthetic)}; may replace entries of
+#: `decoded` (the GPU path re-decodes what nvJPEG refuses, or records an error).
+Infer = Callable[[list[Decoded], Any, bool], dict[int, float]]
+
+
+def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
+             second_opinion: SecondOpinion | None = None, infer: Infer = infer_host) -> list[dict[str, Any] | None]:
+    """Infer one batch of decode results and build their records, in order.
+
+    None stands for a file the GPU path's `infer` handed back to the CPU decoder
+    (`Decoded.cpu` set); with the default `infer_host` every file gets a record."""
+    decoded = list(decoded)
+    cnn = infer(decoded, model, second_opinion is not None)
+    ok = sorted(cnn)
     vlm: dict[int, float] = {}
     if second_opinion is not None:
         # Only what the CNN cannot decide, and metadata has not decided, goes on.
@@ -80,13 +95,17 @@ def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
             if len(got) != len(todo):
                 raise ValueError(f"second opinion {second_opinion.name!r} returned {len(got)} scores for {len(todo)}")
             vlm = {i: float(p) for i, p in zip(todo, got, strict=True)}
-    out = []
+    out: list[dict[str, Any] | None] = []
     for i, d in enumerate(decoded):
-        if d.error is not None:
+        if d.cpu is not None:
+            out.append(None)  # the GPU refused it: the caller decodes it on the CPU
+        elif d.error is not None:
             out.append(error_record(d.path, d.error[0], d.error[1], model=model.model_id, facts=d.facts))
-        else:
+        elif i in cnn:
             facts = {**d.facts, "scores": {"cnn": cnn[i], "vlm": vlm.get(i)}}
             out.append(make_record(d.path, model=model.model_id, facts=facts, decision=decision))
+        else:  # pragma: no cover - an infer hook that dropped a file is a bug, not a file's fault
+            raise RuntimeError(f"no score and no error for {d.path!r}")
     return out
 
 
@@ -104,7 +123,8 @@ def score_batch(paths: Sequence[str], model: Any, decision: Decision | None = No
     per-chunk decoder, as `PipelineOptions.decode_fn`.
     """
     decoded = decode_fn(list(paths), model.spec, max_pixels, draft)
-    return describe(decoded, model, decision or default_decision(model), second_opinion)
+    return [r for r in describe(decoded, model, decision or default_decision(model), second_opinion)
+            if r is not None]
 
 
 @dataclass
@@ -120,16 +140,28 @@ class PipelineOptions:
     # The per-chunk decode function, (paths, spec, max_pixels, draft) -> list[Decoded]:
     # a module-level function, so workers can unpickle it (another decoder plugs in here).
     decode_fn: Callable[..., list[Decoded]] = decode_chunk
+    # The GPU path (scanner.gpu.GpuStage): reader threads hand JPEG bytes to it;
+    # the worker processes (started when first needed) decode everything else.
+    gpu: Any = None
+    readers: int = min(32, 2 * (os.cpu_count() or 1))  # reader threads on the GPU path
 
 
 class _Pool:
-    """The decode workers: a process pool, or this process when workers == 0."""
+    """The decode workers: a process pool, or this process when workers == 0;
+    on the GPU path also the reader threads, and the pool starts when first needed."""
 
     def __init__(self, workers: int, spec: PreprocessSpec, opts: PipelineOptions) -> None:
         self.workers, self.spec, self.opts = workers, spec, opts
         self.ex: ProcessPoolExecutor | None = None
-        if workers:
+        self.readers: ThreadPoolExecutor | None = None
+        if opts.gpu is not None:
+            self.readers = ThreadPoolExecutor(max(1, opts.readers), thread_name_prefix="mai-scan-read")
+        elif workers:
             self.ex = self._start()
+
+    def read(self, paths: list[str]) -> Future:
+        assert self.readers is not None
+        return self.readers.submit(read_chunk, paths, self.spec, self.opts.max_pixels, False)
 
     def _start(self) -> ProcessPoolExecutor:
         # forkserver/spawn, never fork: the parent has threads (the walk, ONNX
@@ -141,7 +173,8 @@ class _Pool:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=init_worker)
 
     def submit(self, paths: list[str]) -> Future:
-        assert self.ex is not None
+        if self.ex is None:
+            self.ex = self._start()
         return self.ex.submit(self.opts.decode_fn, paths, self.spec, self.opts.max_pixels, self.opts.draft)
 
     def inline(self, paths: list[str]) -> list[Decoded]:
@@ -163,6 +196,8 @@ class _Pool:
         self.ex = self._start()
 
     def close(self, abort: bool = False) -> None:
+        if self.readers is not None:
+            self.readers.shutdown(wait=not abort, cancel_futures=abort)
         ex, self.ex = self.ex, None
         if ex is None:
             return
@@ -244,25 +279,42 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
     isolating: Future | None = None
     pool_works = False  # a worker has returned something: the pool itself can run
     walk_done = False
-    max_inflight = max(1, opts.workers) * opts.inflight_per_worker
+    gpu = opts.gpu
+    reading: set[Future] = set()  # the reader threads' futures (GPU path); the rest are the pool's
+    max_inflight = max(1, opts.readers if gpu is not None else opts.workers) * opts.inflight_per_worker
+    infer = gpu.infer if gpu is not None else infer_host
     clean = False
 
     def take(results: list[Decoded], entries: list[Entry]) -> None:
         nonlocal ready_since
+        to_cpu: list[Entry] = []
         for entry, d in zip(entries, results, strict=True):
             if d.error is not None:  # needs no model: out at once
                 emit(error_record(entry.path, d.error[0], d.error[1], model=model.model_id, facts=d.facts), entry)
+            elif d.cpu is not None:  # a reader found something the GPU cannot take
+                gpu.stats.cpu[d.cpu] += 1
+                to_cpu.append(entry)
             else:
                 if not ready:
                     ready_since = time.monotonic()
                 ready.append((entry, d))
+        for i in range(0, len(to_cpu), opts.chunk_size):
+            decode_on_cpu(to_cpu[i:i + opts.chunk_size])
 
-    def submit(entries: list[Entry]) -> None:
+    def decode_on_cpu(entries: list[Entry]) -> None:
         paths = [e.path for e in entries]
-        if pool.ex is None:
+        if not pool.workers:
             take(pool.inline(paths), entries)
         else:
             inflight[pool.submit(paths)] = entries
+
+    def submit(entries: list[Entry]) -> None:
+        if gpu is None:
+            decode_on_cpu(entries)
+        else:
+            fut = pool.read([e.path for e in entries])
+            reading.add(fut)
+            inflight[fut] = entries
 
     try:
         while True:
@@ -292,6 +344,10 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
                 broken = False
                 for fut in done:
                     entries = inflight.pop(fut)
+                    if fut in reading:
+                        reading.discard(fut)
+                        take(fut.result(), entries)  # read_chunk returns a result for every file
+                        continue
                     try:
                         take(fut.result(), entries)
                         pool_works = True
@@ -306,15 +362,15 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
                     if fut is isolating:
                         isolating = None
                 if broken:
-                    for fut, entries in inflight.items():
+                    for fut in [f for f in inflight if f not in reading]:
+                        entries = inflight.pop(fut)
                         if fut is not isolating:
                             suspects.extend(entries)
-                    inflight.clear()
                     isolating = None
                     pool.restart()
                     if not pool_works:
                         pool_works = pool.alive()
-            if suspects and not inflight and pool.ex is not None:
+            if suspects and len(inflight) == len(reading) and pool.workers:
                 e = suspects.popleft()
                 isolating = pool.submit([e.path])
                 inflight[isolating] = [e]
@@ -324,9 +380,16 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
             while ready and (len(ready) >= opts.batch_size or finished
                              or time.monotonic() - ready_since >= opts.latency_s):
                 batch, ready = ready[:opts.batch_size], ready[opts.batch_size:]
-                records = describe([d for _, d in batch], model, decision, second_opinion)
-                for (entry, _), rec in zip(batch, records, strict=True):
-                    emit(rec, entry)
+                records = describe([d for _, d in batch], model, decision, second_opinion, infer)
+                refused: list[tuple[Entry, Decoded]] = []
+                for (entry, d), rec in zip(batch, records, strict=True):
+                    if rec is None:  # the GPU refused it: back to the CPU decoder
+                        refused.append((entry, d))
+                    else:
+                        emit(rec, entry)
+                if refused:
+                    take([d for _, d in refused], [e for e, _ in refused])
+                    finished = finished and not inflight and not ready
                 ready_since = time.monotonic()
             if tick is not None:
                 tick()
