@@ -143,7 +143,10 @@ class PipelineOptions:
     # The GPU path (scanner.gpu.GpuStage): reader threads hand JPEG bytes to it;
     # the worker processes (started when first needed) decode everything else.
     gpu: Any = None
-    readers: int = min(32, 2 * (os.cpu_count() or 1))  # reader threads on the GPU path
+    # Reader threads on the GPU path. Each holds whole JPEG files in memory, so
+    # host memory is bounded by (batch_size + readers * inflight_per_worker *
+    # chunk_size) files: about 1 GB of camera JPEGs at the defaults, whatever the scan's size.
+    readers: int = min(16, 2 * (os.cpu_count() or 1))
 
 
 class _Pool:

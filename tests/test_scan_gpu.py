@@ -227,3 +227,48 @@ def test_predict_bound_reads_memory_in_place(model: Any) -> None:
         model.predict_bound(x.ctypes.data, x.shape, "cuda")
     with pytest.raises(SessionError, match="expected"):
         model.predict_bound(x.ctypes.data, (3, 200, 200), "cpu")
+
+
+def test_cli_runs_the_gpu_stage_it_is_given(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line around the GPU path: batch size, summary line, same records."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i in range(5):
+        (lib / f"p{i}.jpg").write_bytes(_jpeg(160, 120, seed=i))
+    (lib / "q.png").write_bytes(encode(photo(100, 80, seed=5), "PNG"))
+    made: list[GpuStage] = []
+
+    def stand_in(model: Any, decoder: str, engine: str = "local") -> tuple[GpuStage, str]:
+        made.append(GpuStage(model.spec, device="cpu"))
+        return made[-1], "decode: torch CPU stand-in"
+
+    monkeypatch.setattr(gpu_mod, "choose", stand_in)
+    code, out, err = run_cli([str(lib), "--device", "cpu", "--jsonl", str(tmp_path / "g.jsonl"), "--no-state",
+                              "--workers", "1"], capsys)
+    assert code == 0, err
+    assert "decode: torch CPU stand-in" in err
+    assert "decode: 5 on the GPU (nvJPEG), 1 sent to the CPU decoder (PNG: 1)" in err
+    monkeypatch.undo()
+    code, _, err = run_cli([str(lib), "--device", "cpu", "--decoder", "cpu", "--no-draft", "--jsonl",
+                            str(tmp_path / "c.jsonl"), "--no-state", "--workers", "1"], capsys)
+    assert code == 0, err
+    from test_scan_support import read_jsonl
+
+    def key(p: Path) -> dict:
+        return {r["path"]: r for r in read_jsonl(p)}
+
+    assert key(tmp_path / "g.jsonl") == key(tmp_path / "c.jsonl")
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_center_crop_and_other_filters_match_the_cpu_decoder(tmp_path: Path, orientation: int) -> None:
+    from mai.preprocess import PreprocessSpec, Step
+    from scanner.decode import decode_file
+
+    spec = PreprocessSpec(steps=(Step((48, 32), "bicubic"), Step((64, 64), "lanczos")), fit="center_crop")
+    p = tmp_path / "wide.jpg"
+    p.write_bytes(_jpeg(301, 97, seed=3, orientation=orientation))
+    ref = decode_file(str(p), spec, draft=False)
+    (d,) = read_chunk([str(p)], spec)
+    out = GpuStage(spec, device="cpu")._decode([d], [0])
+    assert np.array_equal(out[0].numpy(), ref.array)
