@@ -74,7 +74,7 @@ import numpy as np
 from export.session import stdout_to_stderr
 from mai.errors import MaiError
 from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow, decode_chunk
-from scanner.pipeline import _END, Emit, PipelineOptions, _walker, route_walked, score_batch
+from scanner.pipeline import WALK_END, Emit, PipelineOptions, feed_walk, route_walked, score_batch
 from scanner.records import Decision, error_record, to_line
 from scanner.walk import Entry, WalkError
 
@@ -286,7 +286,7 @@ class RayEngine:
         opts = options or PipelineOptions()
         q: queue.Queue = queue.Queue(maxsize=opts.queue_size)
         stop = threading.Event()
-        walker = threading.Thread(target=_walker, args=(source, q, stop), name="mai-scan-walk", daemon=True)
+        walker = threading.Thread(target=feed_walk, args=(source, q, stop), name="mai-scan-walk", daemon=True)
         walker.start()
         walk_done = False
 
@@ -306,7 +306,7 @@ class RayEngine:
                     if block:
                         continue
                     return
-                if item is _END:
+                if item is WALK_END:
                     walk_done = True
                 elif (entry := route_walked(item, model, emit, triage)) is not None:
                     window.append(entry)

@@ -214,7 +214,7 @@ class _Pool:
                 p.terminate()
 
 
-_END = object()
+WALK_END = object()  # the last item `feed_walk` puts on the queue
 
 
 class _WalkFailed:
@@ -236,7 +236,10 @@ def route_walked(item: Any, model: Any, emit: Any, triage: Callable[[Entry], boo
     return item
 
 
-def _walker(source: Iterable[Entry | WalkError], q: queue.Queue, stop: threading.Event) -> None:
+def feed_walk(source: Iterable[Entry | WalkError], q: queue.Queue, stop: threading.Event) -> None:
+    """The walk thread of every engine: put each walked item on the bounded queue
+    (blocking while it is full, unless `stop` is set), a failed walk as an item for
+    `route_walked` to re-raise, then WALK_END."""
     def put(item: Any) -> bool:
         while not stop.is_set():
             try:
@@ -252,7 +255,7 @@ def _walker(source: Iterable[Entry | WalkError], q: queue.Queue, stop: threading
                 return
     except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
         put(_WalkFailed(e))
-    put(_END)
+    put(WALK_END)
 
 
 Emit = Callable[[dict[str, Any], "Entry | None"], None]
@@ -272,7 +275,7 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
     pool = _Pool(opts.workers, spec, opts)
     q: queue.Queue = queue.Queue(maxsize=opts.queue_size)
     stop = threading.Event()
-    walker = threading.Thread(target=_walker, args=(source, q, stop), name="mai-scan-walk", daemon=True)
+    walker = threading.Thread(target=feed_walk, args=(source, q, stop), name="mai-scan-walk", daemon=True)
     walker.start()
     inflight: dict[Future, list[Entry]] = {}
     ready: list[tuple[Entry, Decoded]] = []
@@ -330,7 +333,7 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
                 except queue.Empty:
                     starved = True
                     break
-                if item is _END:
+                if item is WALK_END:
                     walk_done = True
                 elif (entry := route_walked(item, model, emit, triage)) is not None:
                     chunk.append(entry)

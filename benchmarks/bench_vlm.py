@@ -1,6 +1,6 @@
 """Time and memory of the VLM stage without downloading anything.
 
-    python -m mai.vlm.bench [--device cpu|cuda] [--batch-size 4] [--steps 3] [--threads N]
+    python benchmarks/bench_vlm.py [--device cpu|cuda] [--batch-size 4] [--steps 3] [--threads N]
 
 Builds a SmolVLM-256M-shaped Idefics3 with random weights (SigLIP-B/16 at 512
 pixels, 12 layers of width 768; a SmolLM2-135M-shaped language model, 30
@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mai, run from anywhere
 
 
 def build(out: Path) -> Path:
