@@ -3,12 +3,13 @@
     reader threads   read the file, sniff it, check the header (pixel limit, EXIF
                      orientation, provenance): a JPEG comes back as its bytes,
                      with no pixel decoded on the CPU (`scanner.decode.read_chunk`)
-    main thread      per batch: `torchvision.io.decode_jpeg(list, device="cuda")`
+    a GPU thread     per batch: `torchvision.io.decode_jpeg(list, device="cuda")`
                      (nvJPEG) -> EXIF turn, fit and every resize step of the spec
                      on the device (`mai.preprocess_torch`, Pillow's own weights)
                      -> one uint8 NHWC tensor -> ONNX Runtime CUDA through IO
                      binding (`OnnxModel.predict_bound`): the pixels never visit
-                     host memory
+                     host memory. Up to two batches are in its hands while the
+                     main thread collects reads and writes records
     worker processes anything the GPU cannot take (PNG and other formats, CMYK
                      JPEGs, a JPEG without its end marker, one nvJPEG refuses),
                      with the CPU path's decoder; counted in `GpuStage.stats`

@@ -289,6 +289,8 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
     reading: set[Future] = set()  # the reader threads' futures (GPU path); the rest are the pool's
     max_inflight = max(1, opts.readers if gpu is not None else opts.workers) * opts.inflight_per_worker
     infer = gpu.infer if gpu is not None else infer_host
+    scorer = ThreadPoolExecutor(1, thread_name_prefix="mai-scan-gpu") if gpu is not None else None
+    scoring: deque[tuple[Future, list[tuple[Entry, Decoded]]]] = deque()  # batches the GPU thread holds, in order
     clean = False
 
     def take(results: list[Decoded], entries: list[Entry]) -> None:
@@ -313,6 +315,16 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
             take(pool.inline(paths), entries)
         else:
             inflight[pool.submit(paths)] = entries
+
+    def deliver(batch: list[tuple[Entry, Decoded]], records: list[dict[str, Any] | None]) -> None:
+        refused: list[tuple[Entry, Decoded]] = []
+        for (entry, d), rec in zip(batch, records, strict=True):
+            if rec is None:  # the GPU refused it: back to the CPU decoder
+                refused.append((entry, d))
+            else:
+                emit(rec, entry)
+        if refused:
+            take([d for _, d in refused], [e for e, _ in refused])
 
     def submit(entries: list[Entry]) -> None:
         if gpu is None:
@@ -381,28 +393,33 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
                 isolating = pool.submit([e.path])
                 inflight[isolating] = [e]
 
-            # 3. Infer full batches, or a partial one that waited long enough.
+            # 3. Infer full batches, or a partial one that waited long enough. On the
+            # GPU path a thread of its own decodes and scores them, so this thread
+            # keeps collecting reads and writing records meanwhile.
             finished = walk_done and not inflight and not chunk and not suspects
-            while ready and (len(ready) >= opts.batch_size or finished
-                             or time.monotonic() - ready_since >= opts.latency_s):
+            while ready and len(scoring) < 2 and (len(ready) >= opts.batch_size or finished
+                                                  or time.monotonic() - ready_since >= opts.latency_s):
                 batch, ready = ready[:opts.batch_size], ready[opts.batch_size:]
-                records = describe([d for _, d in batch], model, decision, second_opinion, infer)
-                refused: list[tuple[Entry, Decoded]] = []
-                for (entry, d), rec in zip(batch, records, strict=True):
-                    if rec is None:  # the GPU refused it: back to the CPU decoder
-                        refused.append((entry, d))
-                    else:
-                        emit(rec, entry)
-                if refused:
-                    take([d for _, d in refused], [e for e, _ in refused])
-                    finished = finished and not inflight and not ready
+                args = ([d for _, d in batch], model, decision, second_opinion, infer)
+                if scorer is None:
+                    deliver(batch, describe(*args))
+                else:
+                    scoring.append((scorer.submit(describe, *args), batch))
                 ready_since = time.monotonic()
+            if scoring:
+                if not (inflight or ready or chunk or suspects):  # nothing else to do: wait for the GPU
+                    wait([scoring[0][0]], timeout=0.05)
+                while scoring and scoring[0][0].done():
+                    fut, batch = scoring.popleft()
+                    deliver(batch, fut.result())
             if tick is not None:
                 tick()
-            if finished and not ready:
+            if walk_done and not inflight and not chunk and not suspects and not ready and not scoring:
                 break
         clean = True
     finally:
         stop.set()
+        if scorer is not None:
+            scorer.shutdown(wait=clean, cancel_futures=not clean)
         pool.close(abort=not clean)
         walker.join(timeout=1.0)

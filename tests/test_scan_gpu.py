@@ -272,3 +272,58 @@ def test_center_crop_and_other_filters_match_the_cpu_decoder(tmp_path: Path, ori
     (d,) = read_chunk([str(p)], spec)
     out = GpuStage(spec, device="cpu")._decode([d], [0])
     assert np.array_equal(out[0].numpy(), ref.array)
+
+
+# -- on a real GPU (skipped elsewhere; benchmarks/gpu_check.sh runs them on a lent GPU) ----
+
+def _cuda_model() -> Any:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from export.session import SessionError, open_model
+
+    try:
+        return open_model(None, "cuda")
+    except SessionError as e:
+        pytest.skip(f"ONNX Runtime cannot run on CUDA here: {e}")
+
+
+def test_cuda_io_binding_reads_a_device_tensor() -> None:
+    m = _cuda_model()
+    x = np.random.default_rng(1).integers(0, 256, (64, 200, 200, 3), dtype=np.uint8)
+    t = torch.from_numpy(x).cuda()
+    torch.cuda.synchronize()
+    got = m.predict_bound(t.data_ptr(), tuple(t.shape), "cuda", 0)
+    ref = m.predict(x)
+    assert np.array_equal(got[1], ref[1])
+
+
+def test_cuda_gpu_path_agrees_with_the_cpu_path(tmp_path: Path) -> None:
+    m = _cuda_model()
+    from export.session import open_model
+
+    make_library(tmp_path)
+    for o in range(1, 9):
+        (tmp_path / f"orient{o}.jpg").write_bytes(_jpeg(1200, 800, seed=o, orientation=o))
+    stage, line = choose(m, "gpu")
+    assert stage is not None and "nvJPEG" in line
+    got = _collect(tmp_path, m, options=PipelineOptions(workers=2, gpu=stage, draft=False))
+    cpu = _collect(tmp_path, open_model(None, "cpu", 2), options=PipelineOptions(workers=2, draft=False))
+    assert got.keys() == cpu.keys()
+    worst = 0.0
+    for name, r in cpu.items():
+        g = got[name]
+        assert (g["error"] and g["error"]["kind"]) == (r["error"] and r["error"]["kind"]), name
+        assert (g["width"], g["height"], g["format"]) == (r["width"], r["height"], r["format"]), name
+        if r["error"] is None:
+            worst = max(worst, abs(g["scores"]["cnn"] - r["scores"]["cnn"]))
+    print(f"GPU vs CPU path: max |dp| {worst:.2e}; {stage.stats.lines()}")
+    assert worst < 0.02  # nvJPEG's IDCT and the fp16 graph, against libjpeg and fp32
+    assert stage.stats.gpu >= 10
+    # The arrays themselves: nvJPEG + device resize against Pillow, one file.
+    from scanner.decode import decode_file
+
+    p = str(tmp_path / "orient6.jpg")
+    (d,) = read_chunk([p], m.spec)
+    out = stage._decode([d], [0])[0].cpu().numpy().astype(int)
+    ref = decode_file(p, m.spec, draft=False).array.astype(int)
+    assert np.abs(out - ref).max() <= 2
