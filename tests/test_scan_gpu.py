@@ -137,7 +137,7 @@ def test_reader_hands_over_bytes_and_frees_nothing_early(model: Any, tmp_path: P
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_upright_is_pillows_exif_transpose(orientation: int) -> None:
-    a = np.asarray(photo(40, 24, seed=orientation))
+    a = np.array(photo(40, 24, seed=orientation))
     im = Image.fromarray(a)
     exif = im.getexif()
     exif[0x0112] = orientation
