@@ -239,7 +239,7 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     else:
         model = _open_model(model_path, device, threads or os.cpu_count(), note)
     decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
-    gpu = _choose_decoder(model, decoder, engine, note)
+    gpu, cpu_why = _choose_decoder(model, decoder, engine)
     opinion = _open_vlm(vlm, vlm_adapter, trust_remote_code, device, engine, note)
     if opinion is not None:
         import dataclasses
@@ -324,6 +324,7 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
         workers = 0 if few_files else os.cpu_count() or 1
     opts = PipelineOptions(workers=workers, batch_size=batch_size or (256 if gpu is not None else 32),
                            max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft=not no_draft, gpu=gpu)
+    note(_decode_line(gpu, cpu_why, workers, opts.readers, engine))
     configure_pillow()
     walk_opts = WalkOptions(recursive=recursive, hidden=hidden, all_files=all_files,
                             include=tuple(include), exclude=tuple(exclude))
@@ -370,17 +371,24 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     return EXIT_ERRORS if summary.errors else EXIT_OK
 
 
-def _choose_decoder(model: Any, decoder: str, engine: str, log: Any) -> Any:
-    """The GPU stage for --decoder (None: the CPU path), saying which path runs.
+def _choose_decoder(model: Any, decoder: str, engine: str) -> tuple[Any, str | None]:
+    """The GPU stage for --decoder (None: the CPU path) and why not, if worth saying.
     torch is imported only when the model already runs on CUDA."""
     from scanner.gpu import GpuPathError, choose
 
     try:
-        stage, line = choose(model, decoder, engine)
+        return choose(model, decoder, engine)
     except GpuPathError as e:
         raise ScanError(str(e)) from None
-    log(line)
-    return stage
+
+
+def _decode_line(gpu: Any, why: str | None, workers: int, readers: int, engine: str) -> str:
+    """Which decode path runs, in one line."""
+    cpu = ("in the Ray workers" if engine == "ray" else "in this process" if not workers
+           else f"{workers} worker process{'es' if workers > 1 else ''}")
+    if gpu is not None:
+        return f"decode: {gpu.describe()}, {readers} reader threads; other formats on the CPU, {cpu}"
+    return f"decode: CPU, {cpu}" + (f" ({why})" if why else "")
 
 
 def _open_vlm(vlm: str | None, adapter: str | None, trust_remote_code: bool, device: str, engine: str,

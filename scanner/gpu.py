@@ -70,25 +70,25 @@ def unavailable(model: Any) -> str | None:
     return None
 
 
-def choose(model: Any, decoder: str, engine: str = "local") -> tuple[GpuStage | None, str]:
-    """The `--decoder` rule: the GPU stage (or None) and a line saying which path runs."""
+def choose(model: Any, decoder: str, engine: str = "local") -> tuple[GpuStage | None, str | None]:
+    """The `--decoder` rule: the GPU stage, or None and why the CPU decodes when
+    that is worth saying (None when the model runs on the CPU anyway)."""
     if decoder not in DECODERS:
         raise GpuPathError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
     if decoder == "cpu":
-        return None, "decode: CPU worker processes (--decoder cpu)"
+        return None, "--decoder cpu"
     if engine != "local":
         if decoder == "gpu":
             raise GpuPathError("--decoder gpu runs with --engine local only")
-        return None, "decode: CPU (the GPU decode path runs with --engine local only)"
+        return None, "the GPU decode path runs with --engine local only"
     why = unavailable(model)
     if why is not None:
         if decoder == "gpu":
             raise GpuPathError(f"--decoder gpu: the GPU path cannot run here: {why}; use --decoder cpu or auto")
         if getattr(model, "device", "cpu") == "cuda":
-            return None, f"decode: CPU worker processes, model on CUDA (GPU decode off: {why})"
-        return None, "decode: CPU worker processes"
-    stage = GpuStage(model.spec, device="cuda")
-    return stage, f"decode: {stage.describe()}"
+            return None, f"model on CUDA, GPU decode off: {why}"
+        return None, None
+    return GpuStage(model.spec, device="cuda"), None
 
 
 # EXIF orientation -> the moves that make a stored (H, W, C) image upright, as
@@ -146,8 +146,7 @@ class GpuStage:
     def describe(self) -> str:
         where = self.torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)
         exact = "exact" if self.dtype == self.torch.float64 else "float32"
-        return (f"GPU (nvJPEG on {where}, resize on the device, {exact}; {self.versions}), "
-                "other formats on CPU worker processes")
+        return f"GPU (nvJPEG on {where}, resize on the device, {exact}; {self.versions})"
 
     # -- the pipeline's hook ------------------------------------------------
     def infer(self, decoded: list[Decoded], model: Any, keep_arrays: bool = False) -> dict[int, float]:

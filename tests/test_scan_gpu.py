@@ -163,17 +163,18 @@ class _Model:
 def test_cpu_model_never_imports_torch() -> None:
     code = ("import sys; from export.session import open_model; from scanner.gpu import choose; "
             "m = open_model(None, 'cpu'); stage, line = choose(m, 'auto'); "
-            "print(stage, line, 'torch' in sys.modules)")
+            "print(stage, line, 'torch' in sys.modules)")  # no stage, nothing to explain, no torch
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=scan_env(), timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "None decode: CPU worker processes False"
+    assert out.stdout.strip() == "None None False"
 
 
 def test_dispatch_falls_back_with_the_reason(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     cuda_model = _Model("cuda", model.spec)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    stage, line = choose(cuda_model, "auto")
-    assert stage is None and "model on CUDA" in line and "torch sees no CUDA device" in line
+    stage, why = choose(cuda_model, "auto")
+    assert stage is None and why == "model on CUDA, GPU decode off: torch sees no CUDA device (a CPU-only torch " \
+        "build, or no driver)"
     with pytest.raises(GpuPathError, match="--decoder gpu: the GPU path cannot run here: torch sees no CUDA"):
         choose(cuda_model, "gpu")
     with pytest.raises(GpuPathError, match="CPU provider"):
@@ -181,7 +182,7 @@ def test_dispatch_falls_back_with_the_reason(model: Any, monkeypatch: pytest.Mon
     real = gpu_mod.importlib.util.find_spec
     monkeypatch.setattr(gpu_mod.importlib.util, "find_spec", lambda n: None if n == "torchvision" else real(n))
     assert "pip install 'mai-detect[gpu]'" in choose(cuda_model, "auto")[1]
-    assert choose(cuda_model, "cpu") == (None, "decode: CPU worker processes (--decoder cpu)")
+    assert choose(cuda_model, "cpu") == (None, "--decoder cpu")
     with pytest.raises(GpuPathError, match="unknown decoder"):
         choose(cuda_model, "nvdec")
 
@@ -198,8 +199,8 @@ def test_dispatch_picks_the_gpu_path_when_it_can_run(model: Any, monkeypatch: py
             return "GPU (stub)"
 
     monkeypatch.setattr(gpu_mod, "GpuStage", Stage)
-    stage, line = choose(_Model("cuda", model.spec), "auto")
-    assert isinstance(stage, Stage) and made == ["cuda"] and line == "decode: GPU (stub)"
+    stage, why = choose(_Model("cuda", model.spec), "auto")
+    assert isinstance(stage, Stage) and made == ["cuda"] and why is None
     assert choose(_Model("cuda", model.spec), "auto", engine="ray")[0] is None
     with pytest.raises(GpuPathError, match="--engine local only"):
         choose(_Model("cuda", model.spec), "gpu", engine="ray")
@@ -212,8 +213,9 @@ def test_cli_decoder_gpu_without_a_gpu_is_one_line(tmp_path: Path, capsys: Any) 
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         "mai-scan: error: --decoder gpu: the GPU path cannot run here: the model runs on ONNX Runtime's "
         "CPU provider; use --decoder cpu or auto")
-    code, out, err = run_cli([str(tmp_path), "--device", "cpu", "--decoder", "cpu", "--no-state"], capsys)
-    assert code == 0 and "decode: CPU worker processes (--decoder cpu)" in err
+    code, out, err = run_cli([str(tmp_path), "--device", "cpu", "--decoder", "cpu", "--no-state", "--workers", "0"],
+                             capsys)
+    assert code == 0 and "decode: CPU, in this process (--decoder cpu)" in err
 
 
 def test_predict_bound_reads_memory_in_place(model: Any) -> None:
@@ -238,15 +240,16 @@ def test_cli_runs_the_gpu_stage_it_is_given(tmp_path: Path, capsys: Any, monkeyp
     (lib / "q.png").write_bytes(encode(photo(100, 80, seed=5), "PNG"))
     made: list[GpuStage] = []
 
-    def stand_in(model: Any, decoder: str, engine: str = "local") -> tuple[GpuStage, str]:
+    def stand_in(model: Any, decoder: str, engine: str = "local") -> tuple[GpuStage, None]:
         made.append(GpuStage(model.spec, device="cpu"))
-        return made[-1], "decode: torch CPU stand-in"
+        return made[-1], None
 
     monkeypatch.setattr(gpu_mod, "choose", stand_in)
     code, out, err = run_cli([str(lib), "--device", "cpu", "--jsonl", str(tmp_path / "g.jsonl"), "--no-state",
                               "--workers", "1"], capsys)
     assert code == 0, err
-    assert "decode: torch CPU stand-in" in err
+    assert "decode: GPU (nvJPEG on cpu, resize on the device, exact; torch" in err
+    assert "reader threads; other formats on the CPU, 1 worker process" in err
     assert "decode: 5 on the GPU (nvJPEG), 1 sent to the CPU decoder (PNG: 1)" in err
     monkeypatch.undo()
     code, _, err = run_cli([str(lib), "--device", "cpu", "--decoder", "cpu", "--no-draft", "--jsonl",
@@ -304,8 +307,8 @@ def test_cuda_gpu_path_agrees_with_the_cpu_path(tmp_path: Path) -> None:
     make_library(tmp_path)
     for o in range(1, 9):
         (tmp_path / f"orient{o}.jpg").write_bytes(_jpeg(1200, 800, seed=o, orientation=o))
-    stage, line = choose(m, "gpu")
-    assert stage is not None and "nvJPEG" in line
+    stage, why = choose(m, "gpu")
+    assert stage is not None and why is None and "nvJPEG on NVIDIA" in stage.describe()
     got = _collect(tmp_path, m, options=PipelineOptions(workers=2, gpu=stage, draft=False))
     cpu = _collect(tmp_path, open_model(None, "cpu", 2), options=PipelineOptions(workers=2, draft=False))
     assert got.keys() == cpu.keys()
