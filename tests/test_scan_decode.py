@@ -94,15 +94,33 @@ def test_unreadable_file_for_real(tmp_path: Path) -> None:
         p.chmod(0o644)
 
 
-def test_heif_without_decoder_is_unsupported(tmp_path: Path) -> None:
-    from scanner.walk import heif_available
-
-    if heif_available():
-        pytest.skip("pillow-heif is installed here")
+def test_heif_without_decoder_is_unsupported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode, "heif_available", lambda: False)  # as where pillow-heif is missing
     p = tmp_path / "x.heic"
     p.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
     d = decode_file(str(p), CIFAKE_SPEC)
     assert d.error[0] == "unsupported" and "pillow-heif" in d.error[1]
+
+
+def test_heic_decodes_with_pillow_heif(tmp_path: Path) -> None:
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is not installed")
+    configure_pillow()  # registers the HEIF opener, as every worker does
+    rng = np.random.default_rng(3)
+    im = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    p = tmp_path / "phone.heic"
+    im.save(p, "HEIF", quality=95)
+    d = decode_file(str(p), CIFAKE_SPEC)
+    assert d.error is None, d.error
+    assert (d.facts["format"], d.facts["width"], d.facts["height"]) == ("HEIF", 64, 48)
+    # The same pixels pillow-heif gives, through the one preprocessing implementation.
+    assert np.array_equal(d.array, prepare(pillow_heif.open_heif(p).to_pillow(), CIFAKE_SPEC))
+    # A turned photo is turned once: pillow-heif applies the container's rotation and
+    # resets the EXIF orientation, so prepare() does not turn it again.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "turned.heic", "HEIF", exif=exif.tobytes(), quality=95)
+    t = decode_file(str(tmp_path / "turned.heic"), CIFAKE_SPEC)
+    assert t.error is None and (t.facts["width"], t.facts["height"]) == (48, 64)
 
 
 def test_sniff() -> None:
