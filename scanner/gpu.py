@@ -159,8 +159,7 @@ class GpuStage:
         pending = [i for i, d in enumerate(decoded) if d.error is None and d.jpeg is not None]
         on_device = self._decode(decoded, pending) if pending else {}
         host = [i for i, d in enumerate(decoded) if d.error is None and d.array is not None and i not in on_device]
-        order = sorted([*on_device, *host])
-        if not order:
+        if not on_device and not host:
             return {}
         parts = []
         if host:
@@ -207,13 +206,13 @@ class GpuStage:
         try:
             images = tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=self.device)
             return dict(zip(group, images, strict=True))
-        except RuntimeError:
-            pass  # one bad file fails the whole batched call: retry one by one to find it
+        except Exception:  # noqa: BLE001 - one bad file fails the whole batched call: retry one by one
+            pass
         got: dict[int, Any] = {}
         for i, t in zip(group, data, strict=True):
             try:
                 got[i] = tvio.decode_jpeg(t, mode=tvio.ImageReadMode.RGB, device=self.device)
-            except RuntimeError as e:
+            except Exception as e:  # noqa: BLE001 - whatever nvJPEG raises, the CPU decoder gets the file
                 refused[i] = (str(e).strip().splitlines() or [type(e).__name__])[0][:80]
         return got
 

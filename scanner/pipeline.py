@@ -71,8 +71,9 @@ def infer_host(decoded: list[Decoded], model: Any, keep_arrays: bool = True) -> 
     return {i: float(p) for i, p in zip(ok, prob, strict=True)}
 
 
-#: (decoded, model, keep_arrays) -> {index: P(synthetic)}; may replace entries of
-#: `decoded` (the GPU path re-decodes what nvJPEG refuses, or records an error).
+#: (decoded, model, keep_arrays) -> {index: P(synthetic)}. An entry left without a
+#: score must have `error` or `cpu` set (the GPU path sets `cpu` on what nvJPEG
+#: refuses); with `keep_arrays`, scored entries must hold their `array`.
 Infer = Callable[[list[Decoded], Any, bool], dict[int, float]]
 
 
