@@ -126,7 +126,8 @@ def train_cnn_cmd(**kw: Any) -> None:
 @train.command("vlm")
 @click.option("--base", required=True, help="VLM base model folder (SmolVLM/Idefics3, PaliGemma, moondream2).")
 @click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Adapter folder to create.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Adapter folder to create; re-running a cut run with the same --out resumes it.")
 @click.option("--name", default=None, help="Adapter name in its id (default: the --out folder's name).")
 @click.option("--trust-remote-code", is_flag=True, help="Run the Python code shipped with the base (moondream2).")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(1))
@@ -158,6 +159,8 @@ def train_cnn_cmd(**kw: Any) -> None:
               help="Choose the threshold for this validation false-positive rate (default: max balanced accuracy).")
 @click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
               help="Verdicts outside the uncertainty band must be this precise on validation.")
+@click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(1),
+              help="Optimizer steps between resumable checkpoints (also after every epoch).")
 def train_vlm_cmd(**kw: Any) -> None:
     """LoRA-tune a vision-language model to answer "Is this image AI-generated?"
     with "Yes." or "No."; the --out folder becomes an adapter (peft files + mai.json)

@@ -7,6 +7,7 @@ remote code."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -146,6 +147,49 @@ def test_train_vlm_writes_a_calibrated_adapter(adapter: Path, base: Path, data: 
     assert len(hist) == 2 and hist[1]["train_loss"] < hist[0]["train_loss"]
     assert meta["metrics"]["val"]["roc_auc"] is not None
     assert meta["versions"]["transformers"] and meta["versions"]["peft"]
+
+
+def test_a_cut_run_resumes_and_ends_as_the_uncut_one(base: Path, data: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the checkpoint at optimizer step 3 (mid-epoch, 7 steps an
+    epoch), then run again: the same adapter as a run never cut (LoRA dropout
+    included: the random state is part of the checkpoint)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mai.vlm import train as vt
+
+    def cfg(out: Path) -> vt.VLMTrainConfig:
+        return vt.VLMTrainConfig(base=str(base), data=str(data), out=str(out), epochs=2, batch_size=4, grad_accum=1,
+                                 lr=2e-2, device="cpu", target_modules=["q_proj", "v_proj"], checkpoint_every=3,
+                                 lora_dropout=0.2)
+
+    vt.train_vlm(cfg(tmp_path / "whole"))
+    real = vt._save_state
+
+    def save_then_die(obj: dict, path: Path) -> None:
+        real(obj, path)
+        if obj["step"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(vt, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        vt.train_vlm(cfg(tmp_path / "cut"))
+    monkeypatch.setattr(vt, "_save_state", real)
+    assert (tmp_path / "cut" / vt.STATE_NAME).is_file() and not (tmp_path / "cut" / "mai.json").exists()
+    with pytest.raises(vt.VLMTrainError, match="epochs=2, not 3"):
+        vt.train_vlm(dataclasses.replace(cfg(tmp_path / "cut"), epochs=3))
+    vt.train_vlm(cfg(tmp_path / "cut"))
+    assert not (tmp_path / "cut" / vt.STATE_NAME).exists()  # gone with the finished adapter
+    a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    ha = json.loads((tmp_path / "whole" / "mai.json").read_text())["train"]["history"]
+    hb = json.loads((tmp_path / "cut" / "mai.json").read_text())["train"]["history"]
+    assert [r[k] for r in ha for k in ("train_loss", "val_roc_auc")] == pytest.approx(
+        [r[k] for r in hb for k in ("train_loss", "val_roc_auc")])
 
 
 def test_adapter_reload_gives_identical_scores(adapter: Path, data: Path) -> None:

@@ -22,7 +22,11 @@ only (per family: `Backend.default_targets`, overridable with
 The adapter folder holds peft's `adapter_config.json` and
 `adapter_model.safetensors` (`save_pretrained`) and `mai.json` (schema
 `mai.vlm/1`), and `val_scores.csv` (each validation image's P(Yes) from the
-kept epoch). A run is not resumable: a cut run starts over.
+kept epoch). While a run goes on, the folder holds `state.pt` (the LoRA weights,
+optimizer, random state and history, saved every `checkpoint_every` optimizer
+steps and after each epoch): the same command with the same --out resumes a cut
+run where its last checkpoint left it, drawing the same batches, and ends as the
+uncut run would. The state file goes once the adapter is saved.
 """
 
 from __future__ import annotations
@@ -83,7 +87,43 @@ class VLMTrainConfig:
     band_precision: float = 0.98
     threads: int | None = None
     eval_batch_size: int | None = None
+    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+STATE_NAME = "state.pt"
+#: What a resumed run must share with the cut one: they decide the batches and the model.
+_RESUME_KEYS = ("base", "data", "question", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
+                "warmup_steps", "max_steps", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "seed",
+                "limit", "val_limit", "image_splitting")
+
+
+def _load_state(out: Path, cfg: VLMTrainConfig) -> dict[str, Any] | None:
+    """The cut run's checkpoint in `out`, or None; refuses one of another run."""
+    import torch
+
+    path = out / STATE_NAME
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file: say which, and the way out
+        raise VLMTrainError(f"{path} is unreadable ({e}); delete it to start over") from e
+    old, new = state.get("config", {}), asdict(cfg)
+    for key in _RESUME_KEYS:
+        if old.get(key) != new.get(key):
+            raise VLMTrainError(f"{out} holds a cut run with {key}={old.get(key)!r}, not {new.get(key)!r}; "
+                                f"run it with the same options to resume, or use another --out (or delete "
+                                f"{STATE_NAME}) to start over")
+    return state
+
+
+def _save_state(obj: dict[str, Any], path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint whole
 
 
 def balanced_order(items: list[Item], rng: random.Random) -> list[Item]:
@@ -171,6 +211,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     out = Path(cfg.out)
     if (out / META_NAME).exists():
         raise VLMTrainError(f"{out} already holds an adapter ({META_NAME}); choose another --out or delete it")
+    resumed = _load_state(out, cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     base_path, base_cfg = check_base(cfg.base, cfg.trust_remote_code)
@@ -220,7 +261,32 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     bad_total, step, wall = 0, 0, 0.0
+    first_epoch, start, step_in_epoch, run = 0, 0, 0, {"loss": 0.0, "correct": 0, "n": 0}
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    if resumed is not None:
+        set_peft_model_state_dict(peft_model, {k: v.to(device) for k, v in resumed["lora"].items()})
+        opt.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+        history, best, bad_total, step, wall = (resumed["history"], resumed["best"], resumed["bad"],
+                                                resumed["step"], resumed["wall"])
+        first_epoch, start, step_in_epoch, run = (resumed["epoch"], resumed["start"], resumed["step_in_epoch"],
+                                                  resumed["run"])
+        torch.set_rng_state(resumed["rng"])
+        if device == "cuda" and resumed.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resumed["cuda_rng"])
+        display.note(f"resuming at epoch {first_epoch + 1}, optimizer step {step} ({out / STATE_NAME})")
+
+    def checkpoint(epoch: int, start: int, step_in_epoch: int, run: dict[str, Any]) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        _save_state({
+            "config": asdict(cfg),
+            "lora": {k: v.detach().cpu() for k, v in get_peft_model_state_dict(peft_model).items()},
+            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "history": history, "best": best,
+            "bad": bad_total, "step": step, "wall": wall, "epoch": epoch, "start": start,
+            "step_in_epoch": step_in_epoch, "run": dict(run), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device == "cuda" else None,
+        }, out / STATE_NAME)
 
     def autocast() -> Any:
         if amp_dtype is None:
@@ -232,18 +298,18 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
             return backend.p_yes(images)
 
     with display:
-        for epoch in range(cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
             if cfg.max_steps and step >= cfg.max_steps:
                 break
             t0 = time.time()
             order = balanced_order(train_items, random.Random(cfg.seed * 1000 + epoch))
             peft_model.train()
-            run_loss, run_correct, run_n = 0.0, 0, 0
-            micro = 0
-            step_in_epoch = 0
+            if epoch != first_epoch:
+                start, step_in_epoch, run = 0, 0, {"loss": 0.0, "correct": 0, "n": 0}
+            micro = start // cfg.batch_size
             opt.zero_grad(set_to_none=True)
             lr = lr_at(cfg, step, total, warmup)
-            for i in range(0, len(order), cfg.batch_size):
+            for i in range(start, len(order), cfg.batch_size):
                 images, answers = [], []
                 for it in order[i : i + cfg.batch_size]:
                     try:
@@ -258,10 +324,10 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
                     if not torch.isfinite(loss):
                         raise VLMTrainError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
                     scaler.scale(loss / cfg.grad_accum).backward()
-                    run_loss += loss.item() * len(images)
+                    run["loss"] += loss.item() * len(images)
                     truth = torch.tensor(answers, device=yn.device)
-                    run_correct += int(((yn[:, 0] > yn[:, 1]) == truth).sum())
-                    run_n += len(images)
+                    run["correct"] += int(((yn[:, 0] > yn[:, 1]) == truth).sum())
+                    run["n"] += len(images)
                 last = i + cfg.batch_size >= len(order)
                 if micro % cfg.grad_accum == 0 or last:
                     lr = lr_at(cfg, step, total, warmup)
@@ -274,9 +340,12 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
                     opt.zero_grad(set_to_none=True)
                     step += 1
                     step_in_epoch += 1
-                    display.step(epoch, step_in_epoch, run_loss / max(run_n, 1), run_correct / max(run_n, 1), lr)
+                    display.step(epoch, step_in_epoch, run["loss"] / max(run["n"], 1),
+                                 run["correct"] / max(run["n"], 1), lr)
                     if cfg.max_steps and step >= cfg.max_steps:
                         break
+                    if not last and step % cfg.checkpoint_every == 0:
+                        checkpoint(epoch, i + cfg.batch_size, step_in_epoch, run)
             wall += time.time() - t0
             t0 = time.time()
             peft_model.eval()
@@ -284,8 +353,8 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
             val = metrics.summarise(scored.scores, scored.labels, 0.5)
             row = {
                 "epoch": epoch + 1, "steps": step,
-                "train_loss": run_loss / run_n if run_n else None,
-                "train_accuracy": run_correct / run_n if run_n else None,
+                "train_loss": run["loss"] / run["n"] if run["n"] else None,
+                "train_accuracy": run["correct"] / run["n"] if run["n"] else None,
                 "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
                 "val_average_precision": val["average_precision"],
                 "wall_s": round(wall + (time.time() - t0), 1),
@@ -297,6 +366,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
             if best is None or key > best["metric"]:
                 state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
                 best = {"epoch": epoch + 1, "metric": key, "state": state, "scored": scored}
+            checkpoint(epoch + 1, 0, 0, {"loss": 0.0, "correct": 0, "n": 0})
     cfg.history = history
     if best is None:
         raise VLMTrainError("no epoch finished; nothing to save")
@@ -351,6 +421,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     tmp = out / (META_NAME + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / META_NAME)
+    (out / STATE_NAME).unlink(missing_ok=True)  # the adapter is whole: nothing left to resume
     band, rep = cal["uncertain"], cal["metrics"]["val"]
     display.note(f"saved {meta['model_id']} to {out} (best epoch {best['epoch']}, threshold {cal['threshold']:.4f}, "
                  f"band [{band[0]:.4f}, {band[1]:.4f}], val accuracy {rep['accuracy']:.4f})")
