@@ -38,6 +38,17 @@ def list_models() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def default_spec(name: str) -> Any:
+    """The preprocess spec an architecture is trained with unless told otherwise:
+    its factory's `preprocess` attribute, else the CIFAKE recipe (the MAI CNN's)."""
+    _load_architectures()
+    if name not in _FACTORIES:
+        create_model(name)  # raises the error that lists the known names
+    from mai.preprocess import CIFAKE_SPEC
+
+    return getattr(_FACTORIES[name], "preprocess", CIFAKE_SPEC)
+
+
 def create_model(name: str, **kwargs: Any) -> Any:
     """Build an architecture by name (a torch module, uint8 NHWC in, logit out)."""
     _load_architectures()

@@ -27,7 +27,7 @@ from mai.artifact import save_artifact, versions
 from mai.data import SPLIT_RULE, DataSet, open_dataset
 from mai.errors import MaiError
 from mai.evaluate import calibrate, decode_item, jpeg_reencoder, score_items
-from mai.preprocess import CIFAKE_SPEC, PreprocessSpec
+from mai.preprocess import PreprocessSpec
 
 OPTIMIZERS = ("rmsprop", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -94,7 +94,7 @@ class TrainConfig:
     target_fpr: float | None = None
     band_precision: float = 0.98
     augment: Augment = field(default_factory=Augment)
-    spec: dict[str, Any] = field(default_factory=CIFAKE_SPEC.to_dict)
+    spec: dict[str, Any] | None = None  # default: the architecture's (mai.registry.default_spec)
 
 
 class TrainError(MaiError, RuntimeError):
@@ -219,9 +219,11 @@ def train_cnn(cfg: TrainConfig, log: Any = None) -> Path:
     import torch
     from torch.utils.data import DataLoader
 
-    from mai.registry import create_model
+    from mai.registry import create_model, default_spec
     from mai.ui import TrainDisplay
 
+    if cfg.spec is None:
+        cfg.spec = default_spec(cfg.arch).to_dict()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"

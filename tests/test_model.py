@@ -29,3 +29,17 @@ def test_registry():
     assert "mai_cnn" in list_models()
     with pytest.raises(UnknownModelError, match="known: .*mai_cnn"):
         create_model("resnet9000")
+
+
+def test_mai_resnet_tiny_runs_at_native_32x32():
+    from mai.models.resnet import PREPROCESS
+    from mai.registry import default_spec
+
+    m = create_model("mai_resnet_tiny")
+    assert sum(p.numel() for p in m.parameters()) == 174_673
+    x = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    assert m(x).shape == (3,)
+    assert default_spec("mai_resnet_tiny") is PREPROCESS and PREPROCESS.input_size == (32, 32)
+    assert default_spec("mai_cnn").input_size == (200, 200)  # the CIFAKE recipe
+    with pytest.raises(UnknownModelError, match="known: .*mai_resnet_tiny"):
+        default_spec("resnet9000")

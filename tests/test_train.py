@@ -161,3 +161,22 @@ def test_cli_errors_are_one_line(tmp_path):
     r = CliRunner().invoke(cli, ["eval", "--model", str(tmp_path / "missing"), "--data", str(tmp_path)])
     assert r.exit_code != 0
     assert isinstance(r.exception, ArtifactError)
+
+
+def test_an_architecture_brings_its_own_spec(tmp_path):
+    """Without a spec, a run uses its architecture's; the artifact and its ONNX export carry it."""
+    pytest.importorskip("onnx")
+    from export.onnx_export import export_onnx
+    from export.session import open_model
+    from mai.models.resnet import PREPROCESS
+
+    root = make_folder(tmp_path / "d", n=8)
+    out = train_cnn(TrainConfig(data=str(root), out=str(tmp_path / "r"), arch="mai_resnet_tiny", epochs=1,
+                                batch_size=4, threads=2, optimizer="adamw", lr=1e-3))
+    art = load_artifact(out)
+    assert PreprocessSpec.from_dict(art.meta["preprocess"]) == PREPROCESS
+    export_onnx(out, ("fp32",))
+    m = open_model(out, "cpu")
+    assert m.spec == PREPROCESS
+    _, p = m.predict(np.zeros((2, 32, 32, 3), np.uint8))
+    assert p.shape == (2,)
