@@ -34,7 +34,8 @@ from scanner.walk import HEAD_BYTES, avif_available, heif_available, sniff
 #: promises gigapixels) does not.
 DEFAULT_MAX_PIXELS = 180_000_000
 MAX_SIDE = 1 << 20  # a side over a million pixels is absurd whatever the area
-_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+GPU_MAX_BYTES = 64 << 20  # the GPU path's readers hold whole files; a bigger one goes to the CPU decoder  # EXIF orientations that turn the image by 90 degrees
 
 
 @dataclass(slots=True)
@@ -190,6 +191,8 @@ def _gpu_ready(path: str, f: Any, im: Image.Image, orientation: int, facts: dict
     facts["provenance"] = read_provenance(im, path)
     if im.mode not in ("RGB", "L"):  # CMYK/YCCK: nvJPEG's colour output would not be Pillow's
         return Decoded(path, None, facts, cpu=f"{im.mode} JPEG")
+    if facts["bytes"] > GPU_MAX_BYTES:  # e.g. a video appended to a photo: not worth holding in memory
+        return Decoded(path, None, facts, cpu=f"JPEG file over {GPU_MAX_BYTES >> 20} MB")
     # Read into a bytearray: torch wraps it without a copy (bytes are read-only).
     f.seek(0)
     data = bytearray(facts["bytes"])

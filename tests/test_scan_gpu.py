@@ -330,3 +330,17 @@ def test_cuda_gpu_path_agrees_with_the_cpu_path(tmp_path: Path) -> None:
     out = stage._decode([d], [0])[0].cpu().numpy().astype(int)
     ref = decode_file(p, m.spec, draft=False).array.astype(int)
     assert np.abs(out - ref).max() <= 2
+
+
+def test_oversized_and_odd_jpegs_go_to_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mai.preprocess import CIFAKE_SPEC
+    from scanner import decode
+
+    p = tmp_path / "motion.jpg"
+    p.write_bytes(_jpeg(64, 48, seed=1) + b"\x00\x00\x00\x18ftypmp42" + bytes(4000))  # a video after the photo
+    monkeypatch.setattr(decode, "GPU_MAX_BYTES", 2000)
+    (d,) = read_chunk([str(p)], CIFAKE_SPEC)
+    assert d.cpu == "JPEG file over 0 MB" and d.jpeg is None and d.error is None
+    monkeypatch.setattr(decode, "GPU_MAX_BYTES", 1 << 30)
+    (d,) = read_chunk([str(p)], CIFAKE_SPEC)
+    assert d.cpu == "JPEG without an end marker"  # the bytes after the image: Pillow decides
