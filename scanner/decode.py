@@ -34,8 +34,8 @@ from scanner.walk import HEAD_BYTES, avif_available, heif_available, sniff
 #: promises gigapixels) does not.
 DEFAULT_MAX_PIXELS = 180_000_000
 MAX_SIDE = 1 << 20  # a side over a million pixels is absurd whatever the area
-_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
-GPU_MAX_BYTES = 64 << 20  # the GPU path's readers hold whole files; a bigger one goes to the CPU decoder  # EXIF orientations that turn the image by 90 degrees
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+GPU_MAX_BYTES = 64 << 20  # the GPU path's readers hold whole files; a bigger one goes to the CPU decoder
 
 
 @dataclass(slots=True)
