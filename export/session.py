@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mai.artifact import ArtifactError, default_model_dir
+from mai.artifact import ArtifactError, model_dir
 from mai.errors import MaiError
 from mai.preprocess import PreprocessSpec
 
@@ -163,7 +163,7 @@ def resolve_onnx(path: str | os.PathLike[str] | None, device: str) -> Path:
     In a folder, fp16 is preferred on CUDA and fp32 elsewhere (fp16 runs slower
     on the CPU provider).
     """
-    p = Path(path) if path is not None else default_model_dir()
+    p = model_dir(path)
     if p.is_file():
         return p
     if not p.exists():

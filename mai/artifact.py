@@ -6,7 +6,9 @@ uncertainty band with how they were chosen, validation metrics, the data
 fingerprint and split rule, how it was trained, and library versions.
 
 The embedded default model is such a folder inside the package
-(`mai/default_model`), found through `importlib.resources`.
+(`mai/default_model`), found through `importlib.resources`; other shipped models
+live in `mai/pretrained/NAME/`, and every `--model` takes such a NAME as well as
+a path (`model_dir`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,35 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("mai") / "default_model"))
 
 
+DEFAULT_NAME = "mai-cnn-cifake"
+
+
+def shipped_models() -> dict[str, Path]:
+    """The models inside the package, by name: the default first."""
+    found = {DEFAULT_NAME: default_model_dir()}
+    root = resources.files("mai") / "pretrained"
+    if root.is_dir():
+        for d in sorted(root.iterdir(), key=lambda d: d.name):
+            if d.is_dir() and (d / META_NAME).is_file():
+                found[d.name] = Path(str(d))
+    return found
+
+
+def model_dir(path: str | os.PathLike[str] | None) -> Path:
+    """What a `--model` value names: None is the default model, an existing path is
+    itself, and a bare name that is no path is a model shipped in the package."""
+    if path is None:
+        return default_model_dir()
+    p = Path(path)
+    if p.exists() or os.sep in str(path) or (os.altsep and os.altsep in str(path)):
+        return p
+    shipped = shipped_models()
+    if str(path) in shipped:
+        return shipped[str(path)]
+    raise ArtifactError(f"model not found: {path} is neither a path nor a model shipped with MAI "
+                        f"({', '.join(shipped)})")
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -77,8 +108,9 @@ def sha256_file(path: Path) -> str:
 
 
 def load_artifact(path: str | os.PathLike[str] | None = None) -> Artifact:
-    """Read an artifact's metadata (no weights, no torch). None means the default."""
-    p = Path(path) if path is not None else default_model_dir()
+    """Read an artifact's metadata (no weights, no torch). None means the default;
+    a bare name, a shipped model (`model_dir`)."""
+    p = model_dir(path)
     if p.is_file() and p.name == META_NAME:
         p = p.parent
     meta_path = p / META_NAME

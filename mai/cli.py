@@ -278,11 +278,22 @@ def data_pair_cmd(real: str, out: str, vlm: str, generator: str, trust_remote_co
 
 @cli.command("models")
 def models_cmd() -> None:
-    """List the registered architectures."""
+    """List the registered architectures (for `mai train cnn --arch`) and the
+    models shipped with MAI (for any --model NAME; the first is the default)."""
+    from mai.artifact import load_artifact, shipped_models
     from mai.registry import list_models
 
+    click.echo("architectures:")
     for name in list_models():
-        click.echo(name)
+        click.echo(f"  {name}")
+    click.echo("shipped models:")
+    for i, (name, path) in enumerate(shipped_models().items()):
+        art = load_artifact(path)
+        val = (art.meta.get("metrics") or {}).get("val") or {}
+        acc = f", validation accuracy {val['accuracy']:.2%}" if isinstance(val.get("accuracy"), float) else ""
+        w, h = art.spec.input_size
+        click.echo(f"  {name}{' (default)' if i == 0 else ''}: {art.model_id}, "
+                   f"{art.meta['architecture']['name']} at {w}x{h}{acc}")
 
 
 def main() -> None:

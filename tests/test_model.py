@@ -43,3 +43,28 @@ def test_mai_resnet_tiny_runs_at_native_32x32():
     assert default_spec("mai_cnn").input_size == (200, 200)  # the CIFAKE recipe
     with pytest.raises(UnknownModelError, match="known: .*mai_resnet_tiny"):
         default_spec("resnet9000")
+
+
+def test_model_names_resolve_to_shipped_models(tmp_path, monkeypatch):
+    from mai import artifact
+    from mai.artifact import ArtifactError, default_model_dir, model_dir, shipped_models
+
+    assert model_dir(None) == default_model_dir() == shipped_models()["mai-cnn-cifake"]
+    assert model_dir("mai-cnn-cifake") == default_model_dir()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mai-cnn-cifake").mkdir()  # a folder of that name here wins: paths come first
+    assert model_dir("mai-cnn-cifake").resolve() == (tmp_path / "mai-cnn-cifake").resolve()
+    with pytest.raises(ArtifactError, match="neither a path nor a model shipped with MAI .*mai-cnn-cifake"):
+        model_dir("no-such-model")
+    assert model_dir("sub/no-such-model") == artifact.Path("sub/no-such-model")  # a path, reported as missing later
+
+
+def test_mai_models_lists_architectures_and_shipped_models():
+    from click.testing import CliRunner
+
+    from mai.cli import cli
+
+    r = CliRunner().invoke(cli, ["models"])
+    assert r.exit_code == 0, r.output
+    assert "  mai_cnn\n" in r.output and "  mai_resnet_tiny\n" in r.output
+    assert "  mai-cnn-cifake (default): mai-cnn-cifake@" in r.output
