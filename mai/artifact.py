@@ -6,9 +6,8 @@ uncertainty band with how they were chosen, validation metrics, the data
 fingerprint and split rule, how it was trained, and library versions.
 
 The embedded default model is such a folder inside the package
-(`mai/default_model`), found through `importlib.resources`; other shipped models
-live in `mai/pretrained/NAME/`, and every `--model` takes such a NAME as well as
-a path (`model_dir`).
+(`mai/default_model`), found through `importlib.resources`; every `--model`
+takes its name as well as a path (`model_dir`).
 """
 
 from __future__ import annotations
@@ -74,14 +73,9 @@ DEFAULT_NAME = "mai-cnn-cifake"
 
 
 def shipped_models() -> dict[str, Path]:
-    """The models inside the package, by name: the default first."""
-    found = {DEFAULT_NAME: default_model_dir()}
-    root = resources.files("mai") / "pretrained"
-    if root.is_dir():
-        for d in sorted(root.iterdir(), key=lambda d: d.name):
-            if d.is_dir() and (d / META_NAME).is_file():
-                found[d.name] = Path(str(d))
-    return found
+    """The models inside the package, by name, the default first (one, so far:
+    a model that does better only on CIFAKE is not worth shipping; see the README)."""
+    return {DEFAULT_NAME: default_model_dir()}
 
 
 def model_dir(path: str | os.PathLike[str] | None) -> Path:
