@@ -24,6 +24,8 @@ from PIL import Image, ImageFilter
 
 from mai import metrics
 from mai.artifact import save_artifact, versions
+from mai.checkpoint import STATE_NAME, load_state
+from mai.checkpoint import save_state as _atomic_save
 from mai.data import SPLIT_RULE, DataSet, open_dataset
 from mai.errors import MaiError
 from mai.evaluate import calibrate, decode_item, jpeg_reencoder, score_items
@@ -170,14 +172,6 @@ def _optimizer(cfg: TrainConfig, model: Any) -> Any:
     raise TrainError(f"unknown optimizer {cfg.optimizer!r}; use one of {OPTIMIZERS}")
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _hardware(device: str) -> str:
     import torch
 
@@ -226,20 +220,8 @@ def train_cnn(cfg: TrainConfig, log: Any = None) -> Path:
         cfg.spec = default_spec(cfg.arch).to_dict()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state.pt"
-    resumed: dict[str, Any] | None = None
-    if state_path.exists():
-        try:
-            resumed = torch.load(state_path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001
-            raise TrainError(f"{state_path} is unreadable ({e}); delete it to start over") from e
-        old = resumed["config"]
-        for key in ("arch", "epochs", "batch_size", "seed", "spec", "limit"):
-            if old.get(key) != asdict(cfg).get(key):
-                raise TrainError(
-                    f"{out} holds a run with {key}={old.get(key)!r}, not {asdict(cfg).get(key)!r}; "
-                    "use another --out or delete its state.pt"
-                )
+    state_path = out / STATE_NAME
+    resumed = load_state(out, asdict(cfg), ("arch", "epochs", "batch_size", "seed", "spec", "limit"), TrainError)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from mai import metrics
+from mai.checkpoint import STATE_NAME, load_state
+from mai.checkpoint import save_state as _save_state
 from mai.data import FAKE, REAL, SPLIT_RULE, Item, open_dataset
 from mai.errors import MaiError
 from mai.vlm import ANSWER_NO, ANSWER_YES, META_NAME, QUESTION, SCHEMA, VLMError
@@ -91,39 +93,10 @@ class VLMTrainConfig:
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
-STATE_NAME = "state.pt"
 #: What a resumed run must share with the cut one: they decide the batches and the model.
 _RESUME_KEYS = ("base", "data", "question", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
                 "warmup_steps", "max_steps", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "seed",
                 "limit", "val_limit", "image_splitting")
-
-
-def _load_state(out: Path, cfg: VLMTrainConfig) -> dict[str, Any] | None:
-    """The cut run's checkpoint in `out`, or None; refuses one of another run."""
-    import torch
-
-    path = out / STATE_NAME
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a torn or foreign file: say which, and the way out
-        raise VLMTrainError(f"{path} is unreadable ({e}); delete it to start over") from e
-    old, new = state.get("config", {}), asdict(cfg)
-    for key in _RESUME_KEYS:
-        if old.get(key) != new.get(key):
-            raise VLMTrainError(f"{out} holds a cut run with {key}={old.get(key)!r}, not {new.get(key)!r}; "
-                                f"run it with the same options to resume, or use another --out (or delete "
-                                f"{STATE_NAME}) to start over")
-    return state
-
-
-def _save_state(obj: dict[str, Any], path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint whole
 
 
 def balanced_order(items: list[Item], rng: random.Random) -> list[Item]:
@@ -211,7 +184,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     out = Path(cfg.out)
     if (out / META_NAME).exists():
         raise VLMTrainError(f"{out} already holds an adapter ({META_NAME}); choose another --out or delete it")
-    resumed = _load_state(out, cfg)
+    resumed = load_state(out, asdict(cfg), _RESUME_KEYS, VLMTrainError)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     base_path, base_cfg = check_base(cfg.base, cfg.trust_remote_code)
