@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mai import metrics
+from mai.artifact import sha256_file
 from mai.checkpoint import STATE_NAME, load_state
 from mai.checkpoint import save_state as _save_state
 from mai.data import FAKE, REAL, SPLIT_RULE, Item, open_dataset
@@ -143,14 +144,6 @@ def _hardware(device: str) -> str:
         return torch.cuda.get_device_name(0)
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def attach_lora(backend: Any, cfg: VLMTrainConfig) -> tuple[Any, str]:
@@ -351,7 +344,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out))
     weights = out / "adapter_model.safetensors"
-    digest = _sha256(weights) if weights.is_file() else hashlib.sha256(b"").hexdigest()
+    digest = sha256_file(weights) if weights.is_file() else hashlib.sha256(b"").hexdigest()
     name = cfg.name or out.name
     conf = {k: v for k, v in asdict(cfg).items() if k != "history"}
     meta = {
