@@ -5,8 +5,9 @@
 #   bash benchmarks/gpu_check.sh part     # stage one carried piece of the onnxruntime-gpu wheel
 #   bash benchmarks/gpu_check.sh run      # install it, run the CUDA tests, then bench_gpu.py
 #
-# Why pieces: the machine's image has torch, torchvision and a CPU-only
-# onnxruntime, and no registry; the onnxruntime-gpu wheel (256 MB for 1.31.1,
+# Why pieces: the machine's image has torch, torchvision and plain onnxruntime
+# (1.30.0 as listed in the device tool's KINDS.md: most likely without CUDA;
+# the run prints its providers), and no registry; the onnxruntime-gpu wheel (256 MB for 1.31.1,
 # cp312) is over the 64 MiB a call may carry. So, here (with the registry):
 #
 #   echo /.ort/ >> .git/info/exclude; mkdir -p .ort
