@@ -37,8 +37,15 @@ class _Group(click.Group):
         return cmd
 
 
+#: Optional packages -> the extra that installs them (pyproject.toml).
+EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "safetensors": "train",
+          "transformers": "vlm", "peft": "vlm", "num2words": "vlm", "ray": "ray", "diffusers": "pair",
+          "c2pa": "c2pa", "pillow_heif": "heif"}
+
+
 def run_main(cli: click.Command, prog: str) -> None:
-    """Run a Click command; a `MaiError` is one line on stderr and exit 2."""
+    """Run a Click command; a `MaiError` is one line on stderr and exit 2, and so is
+    an optional package that is not installed (naming the extra that brings it)."""
     try:
         cli.main(prog_name=prog, standalone_mode=False)
     except click.exceptions.Abort:
@@ -51,6 +58,13 @@ def run_main(cli: click.Command, prog: str) -> None:
         if os.environ.get("MAI_DEBUG"):
             raise
         click.echo(f"{prog}: error: {e}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRAS or os.environ.get("MAI_DEBUG"):
+            raise
+        click.echo(f"{prog}: error: this needs {top}, which is not installed: "
+                   f"pip install 'mai-detect[{EXTRAS[top]}]'", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -284,8 +298,11 @@ def models_cmd() -> None:
     from mai.registry import list_models
 
     click.echo("architectures:")
-    for name in list_models():
-        click.echo(f"  {name}")
+    try:
+        for name in list_models():
+            click.echo(f"  {name}")
+    except ModuleNotFoundError:  # they are torch modules: the scanner-only install has none
+        click.echo("  (listed with the train extra: pip install 'mai-detect[train]')")
     click.echo("shipped models:")
     for i, (name, path) in enumerate(shipped_models().items()):
         art = load_artifact(path)

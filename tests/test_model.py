@@ -68,3 +68,25 @@ def test_mai_models_lists_architectures_and_shipped_models():
     assert r.exit_code == 0, r.output
     assert "  mai_cnn\n" in r.output and "  mai_resnet_tiny\n" in r.output
     assert "  mai-cnn-cifake (default): mai-cnn-cifake@" in r.output
+
+
+def test_a_missing_optional_package_is_one_line(capsys, monkeypatch):
+    import click
+
+    from mai.cli import run_main
+
+    @click.command()
+    @click.argument("mod")
+    def needs(mod):
+        raise ModuleNotFoundError(f"No module named {mod!r}", name=mod)
+
+    for mod, extra in (("torch", "train"), ("peft", "vlm"), ("pillow_heif", "heif")):
+        monkeypatch.setattr("sys.argv", ["mai", mod])
+        with pytest.raises(SystemExit) as e:
+            run_main(needs, "mai")
+        assert e.value.code == 2
+        assert capsys.readouterr().err == (f"mai: error: this needs {mod}, which is not installed: "
+                                           f"pip install 'mai-detect[{extra}]'\n")
+    monkeypatch.setattr("sys.argv", ["mai", "no_such_dependency"])
+    with pytest.raises(ModuleNotFoundError):  # not an optional package: a bug, shown as one
+        run_main(needs, "mai")
