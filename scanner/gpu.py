@@ -67,6 +67,25 @@ def unavailable(model: Any) -> str | None:
         return f"torch/torchvision do not import ({type(e).__name__}: {e})"
     if not torch.cuda.is_available():
         return "torch sees no CUDA device (a CPU-only torch build, or no driver)"
+    return _probe_nvjpeg(torch)
+
+
+def _probe_nvjpeg(torch: Any) -> str | None:
+    """Decode one tiny JPEG on the GPU: a torchvision built without nvJPEG (or a
+    broken CUDA install) shows here, once, instead of on every file of the scan."""
+    import io
+
+    import torchvision.io as tvio
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 150)).save(buf, "JPEG")
+    try:
+        data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        tvio.decode_jpeg([data], mode=tvio.ImageReadMode.RGB, device="cuda")
+    except Exception as e:  # noqa: BLE001 - any failure means: not this path
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        return f"torchvision cannot decode JPEG on the GPU ({first})"
     return None
 
 

@@ -187,6 +187,21 @@ def test_dispatch_falls_back_with_the_reason(model: Any, monkeypatch: pytest.Mon
         choose(cuda_model, "nvdec")
 
 
+def test_dispatch_probes_nvjpeg_once(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA present but no GPU JPEG decoder (a CPU-only torchvision): the CPU path, saying why."""
+    import torchvision.io
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def no_nvjpeg(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("Not compiled with GPU support")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", no_nvjpeg)
+    stage, why = choose(_Model("cuda", model.spec), "auto")
+    assert stage is None and why == ("model on CUDA, GPU decode off: torchvision cannot decode JPEG on the GPU "
+                                     "(Not compiled with GPU support)")
+
+
 def test_dispatch_picks_the_gpu_path_when_it_can_run(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpu_mod, "unavailable", lambda m: None)
     made: list[str] = []
