@@ -84,7 +84,7 @@ def _table(title: str, rows: list[tuple[str, float]], extra: dict[str, str] | No
 def model_only(model_dir: str, batch_sizes: list[int], seconds: float, threads: int, gpu: bool) -> None:
     import torch
 
-    from export.session import open_model
+    from mai.session import open_model
 
     eng: dict[str, Callable[[np.ndarray], object]] = engines(Path(model_dir), threads)
     if gpu:
@@ -181,7 +181,7 @@ def main() -> None:
 
     folder = make_folder(args.files, (w, h), 0, (w, h), args.workers)
     files = files_of(folder)
-    from export.session import open_model
+    from mai.session import open_model
 
     spec_json = open_model(model_dir, "cpu").spec.to_json()
     mp = w * h / 1e6

@@ -145,8 +145,8 @@ def decode_floor(files: list[str], workers: int) -> float:
 
 
 def naive(files: list[str], model_path: str) -> float:
-    from export.session import open_model
     from mai.preprocess import prepare
+    from mai.session import open_model
 
     model = open_model(model_path, "cpu")
     t0 = time.monotonic()
@@ -251,7 +251,7 @@ def mai_scan(folder: Path, model_path: str, workers: int, batch_size: int, extra
 
 
 def draft_effect(files: list[str], model_path: str, limit: int = 50) -> tuple[float, float, int]:
-    from export.session import open_model
+    from mai.session import open_model
     from scanner.pipeline import score_batch
 
     model = open_model(model_path, "cpu")

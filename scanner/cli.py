@@ -182,7 +182,7 @@ def _roots(paths: tuple[str, ...], examples: bool) -> list[str]:
 
 
 def _open_model(model_path: str | None, device: str, threads: int | None, log: Any) -> Any:
-    from export.session import SessionError, open_model
+    from mai.session import SessionError, open_model
 
     try:
         return open_model(model_path, device, threads, log=log)

@@ -13,7 +13,7 @@ The driver does everything but decoding and inference, exactly as the local
 engine does (this module's `run` has `pipeline.run`'s signature and is called
 with the same `emit` and `triage`): it walks (scanner.walk), skips what
 `--resume` or the scan state says is done, and alone writes the sinks and the
-scan state. Each worker opens the model once (`export.session.open_model`,
+scan state. Each worker opens the model once (`mai.session.open_model`,
 so a worker given a GPU runs CUDA) and calls the same `pipeline.score_batch`
 as the local pipeline; records are built there, by scanner.records, and travel
 back as their JSON line.
@@ -71,8 +71,8 @@ from typing import Any
 
 import numpy as np
 
-from export.session import stdout_to_stderr
 from mai.errors import MaiError
+from mai.session import stdout_to_stderr
 from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow, decode_chunk
 from scanner.pipeline import WALK_END, Emit, PipelineOptions, feed_walk, route_walked, score_batch
 from scanner.records import Decision, error_record, to_line
@@ -99,7 +99,7 @@ class RayScorer:
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)  # relative PATHs mean what they mean to the driver
         configure_pillow()
-        from export.session import open_model
+        from mai.session import open_model
 
         self.model = open_model(model_file, device, threads)
         self.decision, self.max_pixels, self.draft, self.decode_fn = decision, max_pixels, draft, decode_fn
@@ -205,7 +205,7 @@ class RayEngine:
         """Open the model in the driver, for its metadata only (on the CPU);
         `opener(path, device, threads, log)` is the CLI's `open_model` wrapper.
         Pins the exact .onnx file every worker opens."""
-        from export.session import SessionError, resolve_onnx
+        from mai.session import SessionError, resolve_onnx
 
         try:
             f = str(resolve_onnx(self.model_path, "cpu" if self.worker_device == "cpu" else "cuda").resolve())

@@ -119,7 +119,7 @@ def score_batch(paths: Sequence[str], model: Any, decision: Decision | None = No
                 draft: bool = True, decode_fn: Callable[..., list[Decoded]] = decode_chunk) -> list[dict[str, Any]]:
     """Decode, preprocess, infer and describe `paths`: one record each, in order.
 
-    `model` is an opened `export.session.OnnxModel` (an engine's actor opens it
+    `model` is an opened `mai.session.OnnxModel` (an engine's actor opens it
     once with `open_model` and calls this per batch). `decode_fn` is the
     per-chunk decoder, as `PipelineOptions.decode_fn`.
     """

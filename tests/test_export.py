@@ -13,12 +13,12 @@ from conftest import make_artifact
 pytest.importorskip("torch", reason="export needs the train extra")
 onnx = pytest.importorskip("onnx", reason="export needs the train extra")
 
-from export import session as session_mod  # noqa: E402
 from export.onnx_export import ExportError, export_onnx, real_images  # noqa: E402
-from export.session import SessionError, open_model  # noqa: E402
+from mai import session as session_mod  # noqa: E402
 from mai.artifact import ArtifactError, load_artifact, load_torch_model  # noqa: E402
 from mai.cli import cli  # noqa: E402
 from mai.preprocess import prepare  # noqa: E402
+from mai.session import SessionError, open_model  # noqa: E402
 
 
 def test_graph_contract_and_metadata_round_trip(onnx_model_dir):

@@ -30,7 +30,7 @@ from scanner.gpu import GpuPathError, GpuStage, choose, upright  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model() -> Any:
-    from export.session import open_model
+    from mai.session import open_model
 
     return open_model(None, "cpu", 1)  # the default model: scores that mean something
 
@@ -161,7 +161,7 @@ class _Model:
 
 
 def test_cpu_model_never_imports_torch() -> None:
-    code = ("import sys; from export.session import open_model; from scanner.gpu import choose; "
+    code = ("import sys; from mai.session import open_model; from scanner.gpu import choose; "
             "m = open_model(None, 'cpu'); stage, line = choose(m, 'auto'); "
             "print(stage, line, 'torch' in sys.modules)")  # no stage, nothing to explain, no torch
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=scan_env(), timeout=120)
@@ -234,7 +234,7 @@ def test_cli_decoder_gpu_without_a_gpu_is_one_line(tmp_path: Path, capsys: Any) 
 
 
 def test_predict_bound_reads_memory_in_place(model: Any) -> None:
-    from export.session import SessionError
+    from mai.session import SessionError
 
     x = np.random.default_rng(0).integers(0, 256, (3, 200, 200, 3), dtype=np.uint8)
     ref = model.predict(x)
@@ -297,7 +297,7 @@ def test_center_crop_and_other_filters_match_the_cpu_decoder(tmp_path: Path, ori
 def _cuda_model() -> Any:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from export.session import SessionError, open_model
+    from mai.session import SessionError, open_model
 
     try:
         return open_model(None, "cuda")
@@ -317,7 +317,7 @@ def test_cuda_io_binding_reads_a_device_tensor() -> None:
 
 def test_cuda_gpu_path_agrees_with_the_cpu_path(tmp_path: Path) -> None:
     m = _cuda_model()
-    from export.session import open_model
+    from mai.session import open_model
 
     make_library(tmp_path)
     for o in range(1, 9):

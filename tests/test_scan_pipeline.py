@@ -30,7 +30,7 @@ from scanner.walk import Entry, walk
 
 @pytest.fixture(scope="module")
 def model(onnx_model_dir: Path) -> Any:
-    from export.session import open_model
+    from mai.session import open_model
 
     return open_model(onnx_model_dir, "cpu", 1)
 

@@ -133,7 +133,7 @@ def test_local_and_ray_give_the_same_records(tmp_path: Path, model_args: list[st
 
 def test_a_dying_worker_loses_no_file_and_writes_none_twice(tmp_path: Path, onnx_model_dir: Path, ray_session,
                                                             capfd) -> None:
-    from export.session import open_model
+    from mai.session import open_model
     from scanner.engine_ray import RayEngine
     from scanner.pipeline import PipelineOptions
     from scanner.records import Decision

@@ -167,8 +167,8 @@ def test_an_architecture_brings_its_own_spec(tmp_path):
     """Without a spec, a run uses its architecture's; the artifact and its ONNX export carry it."""
     pytest.importorskip("onnx")
     from export.onnx_export import export_onnx
-    from export.session import open_model
     from mai.models.resnet import PREPROCESS
+    from mai.session import open_model
 
     root = make_folder(tmp_path / "d", n=8)
     out = train_cnn(TrainConfig(data=str(root), out=str(tmp_path / "r"), arch="mai_resnet_tiny", epochs=1,
