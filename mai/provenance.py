@@ -6,7 +6,7 @@ JSON-serialisable dict::
 
     {"signal": "png:parameters", "where": "PNG tEXt", "generator": "AUTOMATIC1111", "ai": True}
 
-Sources, cheapest first, none of which decodes pixels:
+Sources, cheapest first; only stealth PNG info looks at pixels:
 
 - PNG text chunks (`im.info`): generator keys (AUTOMATIC1111/Forge/SD.Next/SwarmUI
   `parameters`, ComfyUI `prompt`/`workflow`, InvokeAI `invokeai_metadata`/
@@ -23,12 +23,38 @@ Sources, cheapest first, none of which decodes pixels:
   IPTC's AI values; the generator is taken from `xmp:CreatorTool` when present.
 - IPTC-IIM (JPEG APP13, TIFF tag 33723): a digital-source-type newscode URI.
 - The JPEG/GIF/WebP comment: AUTOMATIC1111 parameters or an AI generator's name.
+- Stealth PNG info (AUTOMATIC1111/Forge's sd-webui-stealth-pnginfo, NovelAI): the
+  generation parameters hidden in the least significant bits of the alpha channel
+  (signature `stealth_pnginfo`, or `stealth_pngcomp` for gzip) or of R, G, B
+  (`stealth_rgbinfo`/`stealth_rgbcomp`), read column by column, then a 32-bit
+  length in bits and the payload. It survives a step that strips PNG text chunks.
+  The one source that reads pixels, so PNG and WebP only (lossless formats; a
+  JPEG never pays for it), alpha modes for the alpha form, RGB/RGBA for the RGB
+  form. The pixels of the first column that hold the signature (120 with alpha,
+  40 in RGB) are read first, and nothing more unless it matches. `mai-scan` calls
+  this after decoding the image, so that costs microseconds; a caller holding an
+  image that is not yet loaded pays for Pillow's decode of it (a PNG decodes
+  whole). A length past the image, bad gzip, bad UTF-8 or control characters in
+  the text mean garbage: no signal. Reported as
+  ``{"signal": "png:stealth_pnginfo", "where": "PNG alpha LSB", ...}`` (the format,
+  then the signature); the generator is NovelAI for its JSON, else read from the
+  text like a `parameters` chunk.
 - C2PA, only when `c2pa-python` is importable (the import is tried once per
   process) and a cheap look at the container
   (JPEG APP11 segments already held by Pillow, TIFF tag 52545, the PNG chunks
   before the image data, the WebP RIFF chunks) finds a manifest store. A manifest
   is always listed; `ai` is true when an action carries an AI `digitalSourceType`
   (in the active manifest or an ingredient's).
+- Remote C2PA manifest: XMP `dcterms:provenance` (attribute, element or
+  rdf:resource form) holding an http(s) URL, in a file with no embedded manifest
+  store (`self#jumbf=...` references are the embedded kind). It is never fetched
+  (a scan makes no network request); the signal says a manifest is referenced::
+
+      {"signal": "c2pa:remote", "where": "XMP dcterms:provenance", "generator": None,
+       "ai": False, "url": "https://..."}
+
+  `ai` is false, so it never decides a verdict; `url` (printable characters only,
+  at most 2048) is the one extra key any signal has.
 
 Plain camera or editor metadata ("GIMP 2.10", "Adobe Photoshop 25.0") gives no
 signal: a missing signal means nothing (metadata is easily stripped). The function
@@ -37,11 +63,14 @@ never raises: a broken or hostile field is skipped, and every value read is capp
 
 from __future__ import annotations
 
+import codecs
+import html
 import json
 import os
 import re
 import struct
 import sys
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +151,28 @@ _VERSION_RE = re.compile(r"Version: ([^,\n]{0,100})")
 _DST_RE = re.compile(rb"""igitalSourceType(?:\s*=\s*["']|\s*>\s*|\s+rdf:resource\s*=\s*["'])([^"'<>\s]{1,300})""")
 _CREATOR_TOOL_RE = re.compile(rb"""CreatorTool(?:\s*=\s*["']([^"']{1,300})|\s*>\s*([^<]{1,300})<)""")
 _IIM_DST_RE = re.compile(rb"digitalsourcetype/(\w{1,60})", re.IGNORECASE)
+# C2PA's reference to its manifest (c2pa-rs writes and reads dcterms:provenance).
+_PROVENANCE_RE = re.compile(
+    rb"""dcterms:provenance(?:\s*=\s*["']([^"'<>]{1,8192})|\s*>\s*([^<]{1,8192})<|\s+rdf:resource\s*=\s*["']([^"'<>]{1,8192}))"""
+)
+_URL_MAX = 2048
+
+# Stealth PNG info: signature -> (bands read, gzip?). Each band of each pixel gives one bit.
+_STEALTH: dict[str, tuple[str, bool]] = {
+    "stealth_pnginfo": ("A", False),
+    "stealth_pngcomp": ("A", True),
+    "stealth_rgbinfo": ("RGB", False),
+    "stealth_rgbcomp": ("RGB", True),
+}
+_STEALTH_SIG_BITS = 15 * 8  # every signature is 15 ASCII characters
+_STEALTH_HEAD_BITS = _STEALTH_SIG_BITS + 32  # then the payload's length in bits
+_LSB = bytes(0x30 | (i & 1) for i in range(256))  # a sample byte -> its least significant bit as "0"/"1"
+_STEALTH_BY_BITS = {
+    (band, "".join(f"{b:08b}" for b in sig.encode("ascii")).encode("ascii")): sig
+    for sig, (band, _) in _STEALTH.items()
+}
+_STEALTH_GZIP_READ = _CAP + 4096  # compressed bytes enough for _CAP of text (stored blocks add 5 per 64 KiB)
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 Signal = dict[str, Any]
 
@@ -129,12 +180,14 @@ Signal = dict[str, Any]
 def read_provenance(im: Image.Image, path: str | os.PathLike[str] | None = None) -> list[Signal]:
     """Return the AI-related provenance signals of `im` (see the module docstring).
 
-    `path` is only used to look for a C2PA manifest; without it C2PA is skipped.
-    Never raises, never decodes pixels.
+    `path` is only used to look for a C2PA manifest; without it C2PA is skipped (and
+    a PNG/WebP's remote manifest reference is listed unchecked for an embedded one).
+    Never raises. Decodes pixels only for a PNG or WebP not already loaded (stealth
+    PNG info), and then reads no more than the signature's pixels unless they match.
     """
     signals: list[Signal] = []
     readers: tuple[Callable[[Image.Image, list[Signal]], None], ...] = (
-        _png_text, _exif, _xmp, _iptc, _comment,
+        _png_text, _exif, _xmp, _iptc, _comment, _stealth,
     )
     for read in readers:
         try:
@@ -148,6 +201,11 @@ def read_provenance(im: Image.Image, path: str | os.PathLike[str] | None = None)
                 sig = _c2pa(c2pa, os.fspath(path))
                 if sig is not None:
                     signals.append(sig)
+        except Exception:
+            pass
+    if not any(s["signal"] == "c2pa:manifest" for s in signals):
+        try:
+            _c2pa_remote(im, path, signals)
         except Exception:
             pass
     return signals
@@ -208,6 +266,11 @@ def _a1111_flavour(text: str) -> str:
     return "AUTOMATIC1111"
 
 
+def _novelai_settings(text: str) -> bool:
+    """NovelAI's `Comment`: a JSON object of generation settings ("steps", "sampler", "uc", ...)."""
+    return '"steps"' in text and ('"sampler"' in text or '"uc"' in text)
+
+
 def _classify(text: str) -> str | None:
     """Generator named by a free-text field: A1111 parameters or an AI word."""
     return _a1111(text) or _ai_word(text)
@@ -245,7 +308,7 @@ def _png_text(im: Image.Image, out: list[Signal]) -> None:
             out.append(_signal(f"png:{key}", where, generator, True))
         elif key == "Comment":
             # NovelAI: a JSON object of generation settings ("steps", "sampler", "uc", ...).
-            if novelai or ('"steps"' in text and ('"sampler"' in text or '"uc"' in text)):
+            if novelai or _novelai_settings(text):
                 out.append(_signal("png:Comment", where, "NovelAI" if novelai else None, True))
         elif key in _PNG_FREE_TEXT:
             generator = _classify(text)
@@ -297,16 +360,20 @@ def _user_comment(value: object) -> str | None:
     return bytes(value[: 2 * _CAP]).decode("utf-8", "replace")  # no header: best effort
 
 
-def _xmp(im: Image.Image, out: list[Signal]) -> None:
+def _xmp_packet(im: Image.Image) -> bytes | None:
     # Pillow >= 11 exposes XMP as info["xmp"] (bytes) for JPEG, PNG, WebP and TIFF;
     # older PNG readers only had the iTXt key.
     raw = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
     if isinstance(raw, str):
         raw = raw[:_XMP_CAP].encode("utf-8", "replace")
     if not isinstance(raw, (bytes, bytearray)):
-        return
-    raw = bytes(raw[:_XMP_CAP])
-    if b"igitalSourceType" not in raw:  # cheap exit for nearly every file
+        return None
+    return bytes(raw[:_XMP_CAP])
+
+
+def _xmp(im: Image.Image, out: list[Signal]) -> None:
+    raw = _xmp_packet(im)
+    if raw is None or b"igitalSourceType" not in raw:  # cheap exit for nearly every file
         return
     for m in _DST_RE.finditer(raw):
         if _source_type_code(m.group(1)) in _AI_SOURCE_TYPES:
@@ -347,11 +414,104 @@ def _comment(im: Image.Image, out: list[Signal]) -> None:
         out.append(_signal(f"{fmt}:comment", f"{im.format or 'image'} comment", generator, True))
 
 
+# ----------------------------------------------------------------------------- stealth PNG info
+
+def _stealth(im: Image.Image, out: list[Signal]) -> None:
+    """Stealth PNG info: parameters hidden in pixel LSBs (see the module docstring)."""
+    if im.format not in ("PNG", "WEBP"):
+        return
+    w, h = im.size
+    forms = []
+    if "A" in im.getbands():
+        forms.append("A")
+    if im.mode in ("RGB", "RGBA"):
+        forms.append("RGB")
+    for band in forms:
+        if w * h * len(band) < _STEALTH_HEAD_BITS:
+            continue  # too small to hold even the header
+        sig = _STEALTH_BY_BITS.get((band, _lsb_bits(im, band, 0, _STEALTH_SIG_BITS)))
+        if sig is None:
+            continue
+        text = _stealth_payload(im, band, _STEALTH[sig][1])
+        if text is not None:
+            where = f"{im.format} {'alpha' if band == 'A' else 'RGB'} LSB"
+            out.append(_signal(f"{im.format.lower()}:{sig}", where, _stealth_generator(text), True))
+            return
+
+
+def _lsb_bits(im: Image.Image, band: str, first: int, count: int) -> bytes:
+    """Bits `first` .. `first + count` of the LSB stream, as b"0"/b"1" characters.
+
+    The stream runs column by column (x, then y), each pixel giving one bit per
+    band; only the columns holding the asked bits are copied out of the image,
+    and only the rows needed when they lie in one column (the signature, mostly).
+    """
+    k, h = len(band), im.height
+    p0, p1 = first // k, -(-(first + count) // k)  # pixels holding the bits
+    x0, x1 = p0 // h, -(-p1 // h)
+    y0, y1 = (p0 - x0 * h, p1 - x0 * h) if x1 - x0 == 1 else (0, h)
+    region = im.crop((x0, y0, x1, y1))
+    region = region.getchannel("A") if band == "A" else region.convert("RGB")
+    samples = region.transpose(Image.Transpose.TRANSPOSE).tobytes()  # now column-major
+    start = first - (x0 * h + y0) * k
+    return samples[start : start + count].translate(_LSB)
+
+
+def _bits_to_bytes(bits: bytes) -> bytes:
+    n = len(bits) // 8
+    return int(bits[: n * 8], 2).to_bytes(n, "big") if n else b""
+
+
+def _stealth_payload(im: Image.Image, band: str, compressed: bool) -> str | None:
+    """The payload text after a matched signature, or None when it is garbage."""
+    available = im.width * im.height * len(band) - _STEALTH_HEAD_BITS
+    length = int(_lsb_bits(im, band, _STEALTH_SIG_BITS, 32), 2)
+    if not 8 <= length <= available:
+        return None  # empty, or a length past the image: truncated or not stealth data
+    want = min(length, 8 * (_STEALTH_GZIP_READ if compressed else _CAP))
+    data = _bits_to_bytes(_lsb_bits(im, band, _STEALTH_HEAD_BITS, want))
+    complete = want == length
+    if compressed:
+        unzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = unzip.decompress(data, _CAP)
+        except zlib.error:
+            return None
+        if not unzip.eof and len(data) < _CAP:
+            return None  # the stream ends early: cut, or not gzip (past the cap the rest goes unread)
+        complete = unzip.eof
+    try:  # strict UTF-8, though a character may be cut at the cap
+        text = codecs.getincrementaldecoder("utf-8")("strict").decode(data, final=complete)
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or _CONTROL_RE.search(text):
+        return None
+    return text
+
+
+def _stealth_generator(text: str) -> str | None:
+    """NovelAI writes its PNG text chunks as one JSON object; A1111 its `parameters`."""
+    if text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError:  # JSON cut at the cap, or not JSON: the text checks below still apply
+            obj = None
+        if isinstance(obj, dict):
+            software = _text(obj.get("Software")) or ""
+            comment = _text(obj.get("Comment")) or ""
+            if "novelai" in software.lower() or _novelai_settings(comment):
+                return "NovelAI"
+        if _novelai_settings(text):
+            return "NovelAI"
+    return _classify(text)
+
+
 # ----------------------------------------------------------------------------- C2PA
 
-def _may_have_c2pa(im: Image.Image, path: str) -> bool:
+def _may_have_c2pa(im: Image.Image, path: str | None) -> bool:
     """A near-free look for an embedded C2PA manifest store, so the C2PA reader
-    (which parses and hashes the whole file) runs only where there is one."""
+    (which parses and hashes the whole file) runs only where there is one. A PNG
+    or WebP without its path cannot be looked at: False."""
     fmt = im.format
     if fmt in ("JPEG", "MPO"):
         # Pillow keeps every APPn segment; C2PA lives in APP11 JUMBF boxes labelled "c2pa".
@@ -359,9 +519,9 @@ def _may_have_c2pa(im: Image.Image, path: str) -> bool:
     if fmt == "TIFF":
         tags = getattr(im, "tag_v2", None)
         return tags is not None and 52545 in tags
-    if fmt == "PNG":
+    if fmt == "PNG" and path is not None:
         return _png_has_chunk(path, b"caBX")
-    if fmt == "WEBP":
+    if fmt == "WEBP" and path is not None:
         return _riff_has_chunk(path, b"C2PA")
     return False
 
@@ -481,3 +641,25 @@ def _claim_generator(manifest: dict[str, Any]) -> str | None:
             return name
     gen = manifest.get("claim_generator")
     return gen if isinstance(gen, str) else None
+
+
+def _c2pa_remote(im: Image.Image, path: str | os.PathLike[str] | None, out: list[Signal]) -> None:
+    """A remote manifest: XMP dcterms:provenance with a URL, no manifest store in the file."""
+    raw = _xmp_packet(im)
+    if raw is None or b"dcterms:provenance" not in raw:
+        return
+    for m in _PROVENANCE_RE.finditer(raw):
+        url = _url(next(g for g in m.groups() if g is not None))
+        if url is None:
+            continue
+        if _may_have_c2pa(im, None if path is None else os.fspath(path)):
+            return  # an embedded manifest is what counts (c2pa-python read it, or it is not installed)
+        out.append({**_signal("c2pa:remote", "XMP dcterms:provenance", None, False), "url": url})
+        return
+
+
+def _url(value: bytes) -> str | None:
+    """An http(s) URL from an XMP value: entities decoded, printable, capped."""
+    text = html.unescape(value[: 4 * _URL_MAX].decode("utf-8", "replace"))
+    url = "".join(c for c in text if c.isprintable()).strip()[:_URL_MAX]
+    return url if re.match(r"(?i)https?://[^\s/]", url) else None

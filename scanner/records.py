@@ -22,7 +22,10 @@ line-splitting tool can cut a record). Fields, always all present, in this order
 ``provenance`` the signals found in the file's metadata, a list of
                ``{"signal", "where", "generator", "ai"}`` (see
                ``mai.provenance``); ``[]`` when none. A missing signal never
-               lowers a score: metadata is easily stripped.
+               lowers a score: metadata is easily stripped. One optional key:
+               ``url``, only in a ``c2pa:remote`` signal (a C2PA manifest
+               referenced by URL in XMP, never fetched; ``"ai": false``).
+               Consumers should ignore keys they do not know.
 ``model``      the model id (``name@weights-hash``) that scored the file.
 ``width``      pixels, after EXIF orientation (a portrait photo stored
 ``height``     sideways reports its upright size); null when unknown.

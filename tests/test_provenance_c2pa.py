@@ -112,3 +112,29 @@ def test_mai_scan_calls_a_signed_ai_image_synthetic(tmp_path: Path, signer: Any,
     assert (recs["gen.jpg"]["verdict"], recs["gen.jpg"]["stage"]) == ("synthetic", "metadata")
     assert recs["gen.jpg"]["provenance"][0]["ai"] is True
     assert recs["camera.jpg"]["stage"] == "cnn"  # a manifest without AI never decides: the CNN does
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_remote_manifest_is_reported_not_fetched(tmp_path: Path, signer: Any, fmt: str) -> None:
+    # c2pa-rs signing for a remote manifest: the file keeps only an XMP dcterms:provenance URL.
+    mime = {"JPEG": "image/jpeg", "PNG": "image/png"}[fmt]
+    url = "https://manifests.example.com/m.c2pa?id=1&v=2"  # the XMP holds it as &amp;
+    manifest = {"claim_generator_info": [{"name": "MAI test generator", "version": "1.0"}], "format": mime,
+                "assertions": [{"label": "c2pa.actions", "data": {"actions": [
+                    {"action": "c2pa.created", "digitalSourceType": IPTC + "trainedAlgorithmicMedia"}]}}]}
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, fmt)
+    for embed in (False, True):
+        out = io.BytesIO()
+        with c2pa.Builder(json.dumps(manifest)) as builder:
+            builder.set_remote_url(url)
+            if not embed:
+                builder.set_no_embed()
+            builder.sign(signer, mime, io.BytesIO(buf.getvalue()), out)
+        p = tmp_path / f"{embed}.{fmt.lower()}"
+        p.write_bytes(out.getvalue())
+        if embed:  # the embedded store is read; the reference to its copy adds nothing
+            assert [s["signal"] for s in _read(p)] == ["c2pa:manifest"]
+        else:  # never fetched (the reader does not even run), verdict left to the other signals
+            assert _read(p) == [{"signal": "c2pa:remote", "where": "XMP dcterms:provenance", "generator": None,
+                                 "ai": False, "url": url}]
