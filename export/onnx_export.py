@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from mai.artifact import Artifact, load_artifact, load_torch_model
+from mai.artifact import Artifact, load_artifact, load_torch_model, onnx_metadata
 from mai.errors import MaiError
 from mai.preprocess import prepare
 
 OPSET = 20
 PRECISIONS = ("fp32", "fp16")
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # max |prob difference| against torch
-ONNX_SCHEMA = "mai.onnx/1"
 
 
 class ExportError(MaiError):
@@ -46,9 +44,10 @@ class ExportResult:
     max_diff_real: float
     n_random: int
     n_real: int
+    reference: str = "torch"
 
     def line(self) -> str:
-        return (f"{self.path.name}: checker ok, CPU session ok, parity vs torch max |dp| "
+        return (f"{self.path.name}: checker ok, CPU session ok, parity vs {self.reference} max |dp| "
                 f"{self.max_diff_random:.1e} on {self.n_random} random, {self.max_diff_real:.1e} on "
                 f"{self.n_real} real images (limit {TOLERANCE[self.precision]:g})")
 
@@ -90,19 +89,6 @@ def _torch_probs(model: Any, x: np.ndarray) -> np.ndarray:
         return torch.sigmoid(model(torch.from_numpy(x))).numpy()
 
 
-def _metadata(art: Artifact, precision: str) -> dict[str, str]:
-    return {
-        "mai.schema": ONNX_SCHEMA,
-        "mai.model_id": art.model_id,
-        "mai.preprocess": art.spec.to_json(),
-        "mai.threshold": repr(art.threshold),
-        "mai.uncertain": json.dumps(list(art.uncertain)),
-        "mai.checkpoint_sha256": art.meta.get("weights_sha256", ""),
-        "mai.precision": precision,
-        "mai.calibration": json.dumps(art.meta.get("calibration", {})),
-    }
-
-
 def _to_onnx(model: Any, art: Artifact) -> Any:
     import onnx
     import torch
@@ -123,6 +109,19 @@ def _to_onnx(model: Any, art: Artifact) -> Any:
 def export_onnx(model_path: str | os.PathLike[str] | None = None, precisions: tuple[str, ...] = ("fp32",),
                 out: str | os.PathLike[str] | None = None, n_random: int = 16, seed: int = 0) -> list[ExportResult]:
     """Export and prove; returns one result per precision. Raises ExportError."""
+    art = load_artifact(model_path)
+    if art.meta["architecture"]["name"] == "probe":
+        # A probe's ONNX file is its head (the backbone is found at run time): fp32 only,
+        # proven against the numpy head, no torch involved.
+        from mai.train_probe import export_probe
+
+        if precisions != ("fp32",):
+            raise ExportError("a probe's head exports as fp32 only (its backbone runs in fp32 too); "
+                              "use --precision fp32")
+        out_dir = Path(out) if out is not None else art.path
+        out_dir.mkdir(parents=True, exist_ok=True)
+        worst = export_probe(art, out=out_dir)
+        return [ExportResult(out_dir / "model.fp32.onnx", "fp32", worst, 0.0, 64, 0, "the numpy head")]
     try:
         import onnx
         import onnxruntime as ort
@@ -130,7 +129,6 @@ def export_onnx(model_path: str | os.PathLike[str] | None = None, precisions: tu
     except ImportError as e:
         raise ExportError(f"export needs torch and onnx: pip install 'mai-detect[train]' ({e})") from None
 
-    art = load_artifact(model_path)
     model = load_torch_model(art)
     out_dir = Path(out) if out is not None else art.path
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +147,7 @@ def export_onnx(model_path: str | os.PathLike[str] | None = None, precisions: tu
         # the graph casts the logit back to float32. (Converting an fp32 graph with
         # onnxconverter-common leaves its Cast nodes inconsistent for the checker.)
         m = _to_onnx(copy.deepcopy(model).half() if precision == "fp16" else model, art)
-        onnx.helper.set_model_props(m, _metadata(art, precision))
+        onnx.helper.set_model_props(m, onnx_metadata(art, precision))
         final = out_dir / f"model.{precision}.onnx"
         tmp = out_dir / f".{final.name}.partial"
         try:

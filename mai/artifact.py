@@ -5,9 +5,9 @@ and its arguments, the preprocessing spec, the decision threshold and the
 uncertainty band with how they were chosen, validation metrics, the data
 fingerprint and split rule, how it was trained, and library versions.
 
-The embedded default model is such a folder inside the package
-(`mai/default_model`), found through `importlib.resources`; every `--model`
-takes its name as well as a path (`model_dir`).
+The models shipped with MAI are such folders inside the package
+(`mai/pretrained/NAME`), found through `importlib.resources`; every `--model`
+takes their name as well as a path (`model_dir`).
 """
 
 from __future__ import annotations
@@ -64,18 +64,25 @@ class Artifact:
         return self.path / f"model.{precision}.onnx"
 
 
+#: The default: a probe on frozen CLIP features, trained on modern generators. It
+#: needs its backbone installed (`mai.backbone`); without it, mai-scan falls back to
+#: FALLBACK_NAME, the MAI CNN trained on CIFAKE, and says so.
+DEFAULT_NAME = "mai-cnn-cifake"  # until mai-clip-modern ships
+FALLBACK_NAME = "mai-cnn-cifake"
+
+
+def shipped_dir(name: str) -> Path:
+    return Path(str(resources.files("mai") / "pretrained" / name))
+
+
 def default_model_dir() -> Path:
-    """The artifact shipped inside the package."""
-    return Path(str(resources.files("mai") / "default_model"))
-
-
-DEFAULT_NAME = "mai-cnn-cifake"
+    """The default model's artifact inside the package."""
+    return shipped_dir(DEFAULT_NAME)
 
 
 def shipped_models() -> dict[str, Path]:
-    """The models inside the package, by name, the default first (one, so far:
-    a model that does better only on CIFAKE is not worth shipping; see the README)."""
-    return {DEFAULT_NAME: default_model_dir()}
+    """The models inside the package, by name, the default first."""
+    return {name: shipped_dir(name) for name in dict.fromkeys((DEFAULT_NAME, FALLBACK_NAME))}
 
 
 def model_dir(path: str | os.PathLike[str] | None) -> Path:
@@ -131,6 +138,27 @@ def load_artifact(path: str | os.PathLike[str] | None = None) -> Artifact:
     except SpecError as e:
         raise ArtifactError(f"{meta_path}: {e}") from e
     return art
+
+
+ONNX_SCHEMA = "mai.onnx/1"
+
+
+def onnx_metadata(art: Artifact, precision: str) -> dict[str, str]:
+    """What every ONNX file made from `art` carries, so the scanner needs nothing else."""
+    meta = {
+        "mai.schema": ONNX_SCHEMA,
+        "mai.model_id": art.model_id,
+        "mai.preprocess": art.spec.to_json(),
+        "mai.threshold": repr(art.threshold),
+        "mai.uncertain": json.dumps(list(art.uncertain)),
+        "mai.checkpoint_sha256": art.meta.get("weights_sha256", ""),
+        "mai.precision": precision,
+        "mai.calibration": json.dumps(art.meta.get("calibration", {})),
+    }
+    if "backbone" in art.meta:  # a probe: which backbone, and which of its features the head reads
+        feature = art.meta["architecture"]["args"]["feature"]
+        meta["mai.backbone"] = json.dumps({**art.meta["backbone"], "feature": feature}, sort_keys=True)
+    return meta
 
 
 def versions() -> dict[str, str]:

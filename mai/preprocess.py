@@ -31,7 +31,7 @@ RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
-FITS = ("squash", "center_crop")
+FITS = ("squash", "center_crop", "crop")
 ALPHA_RULES = ("composite_white", "composite_black", "drop")
 
 
@@ -171,6 +171,11 @@ def fit_box(image_size: tuple[int, int], fit: str, size: tuple[int, int]) -> tup
     if fit == "squash":
         return 0, 0, w, h
     tw, th = size
+    if fit == "crop" and w >= tw and h >= th:
+        # Native pixels, no resampling: what a forensic model must see. A smaller
+        # image falls through to center_crop and is enlarged by the steps.
+        left, top = (w - tw) // 2, (h - th) // 2
+        return left, top, left + tw, top + th
     if w * th > h * tw:  # too wide
         nw = max(1, round(h * tw / th))
         left = (w - nw) // 2
@@ -194,6 +199,8 @@ def draft_size(spec: PreprocessSpec, image_size: tuple[int, int]) -> tuple[int, 
     from an image larger than their first target; only the route there changes,
     and its effect on scores is measured in benchmarks/, not assumed.
     """
+    if spec.fit == "crop":
+        return None  # native pixels: DCT scaling would resample them
     tw, th = spec.steps[0].size
     w, h = image_size
     if w >= 2 * tw and h >= 2 * th:

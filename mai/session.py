@@ -36,6 +36,10 @@ class SessionError(MaiError):
     """A model that cannot be opened, or a device that cannot be used."""
 
 
+class BackboneUnavailable(SessionError):
+    """A probe model whose backbone is not installed, of another version, or altered."""
+
+
 def _driver_loads() -> str | None:
     """None when the NVIDIA driver library loads, else why not."""
     name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
@@ -89,13 +93,20 @@ def gpu_providers(ort: Any) -> tuple[list[str], str | None]:
 
 @dataclass
 class OnnxModel:
-    """An opened MAI ONNX model: its session, metadata and preprocessing spec."""
+    """An opened MAI ONNX model: its session, metadata and preprocessing spec.
+
+    A probe model (metadata `mai.backbone`) is two graphs: `session` is the
+    backbone's feature graph (uint8 images in, on the chosen provider) and `head`
+    the small head from the model file (features in, logit and prob out, on the
+    CPU). `predict` and `predict_bound` chain them, so callers see one model."""
 
     path: Path
     session: Any
     provider: str
     meta: dict[str, str]
     fallback_reason: str | None = None
+    head: Any = None
+    feature: str | None = None  # the feature graph's output the head reads
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -122,16 +133,28 @@ class OnnxModel:
     def device(self) -> str:
         return "cpu" if self.provider == CPU else "cuda"
 
+    @property
+    def backbone(self) -> str | None:
+        return json.loads(self.meta["mai.backbone"])["name"] if "mai.backbone" in self.meta else None
+
     def describe(self) -> str:
         short = self.provider.replace("ExecutionProvider", "")
         why = f" ({self.fallback_reason})" if self.fallback_reason else ""
-        return f"{self.model_id} {self.precision} on ONNX Runtime {short}{why}"
+        on = f" (backbone {self.backbone} fp32)" if self.backbone else ""
+        return f"{self.model_id} {self.precision}{on} on ONNX Runtime {short}{why}"
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, H, W, 3) at the model's input size -> (logit, prob), float32 (N,)."""
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise SessionError(f"expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        if self.head is not None:
+            (feats,) = self.session.run([self.feature], {"image": np.ascontiguousarray(images)})
+            return self._head(feats)
         logit, prob = self.session.run(["logit", "prob"], {"image": np.ascontiguousarray(images)})
+        return logit, prob
+
+    def _head(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logit, prob = self.head.run(["logit", "prob"], {"features": np.asarray(feats, np.float32)})
         return logit, prob
 
     def predict_bound(self, data_ptr: int, shape: tuple[int, ...], device: str = "cuda",
@@ -147,11 +170,23 @@ class OnnxModel:
             raise SessionError("a batch in GPU memory needs the model on CUDA; open it with device='cuda'")
         binding = self.session.io_binding()
         binding.bind_input("image", device, device_id, np.uint8, list(shape), data_ptr)
-        binding.bind_output("logit")
-        binding.bind_output("prob")
+        outputs = [self.feature] if self.head is not None else ["logit", "prob"]
+        for name in outputs:
+            binding.bind_output(name)
         self.session.run_with_iobinding(binding)
-        logit, prob = binding.copy_outputs_to_cpu()
+        got = binding.copy_outputs_to_cpu()
+        if self.head is not None:
+            return self._head(got[0])
+        logit, prob = got
         return logit, prob
+
+
+def _session(ort: Any, f: Path, opts: Any, providers: list[str]) -> Any:
+    try:
+        return ort.InferenceSession(str(f), sess_options=opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SessionError(f"cannot open {f} with ONNX Runtime: {first}") from e
 
 
 REQUIRED_META = ("mai.schema", "mai.model_id", "mai.preprocess", "mai.threshold", "mai.uncertain")
@@ -175,6 +210,25 @@ def resolve_onnx(path: str | os.PathLike[str] | None, device: str) -> Path:
             return f
     raise SessionError(f"{p} holds no model.fp32.onnx or model.fp16.onnx; "
                        f"create them with `mai export onnx --model {p}`")
+
+
+def usable_default(log: Any = None) -> Path:
+    """The default model's folder, or the fallback's (said in one line to `log`) when
+    the default needs a backbone that is not installed, of another version, or altered."""
+    from mai.artifact import DEFAULT_NAME, FALLBACK_NAME, load_artifact, shipped_dir
+    from mai.backbone import BackboneError, feature_graph, get_backbone
+
+    art = load_artifact(None)
+    if "backbone" not in art.meta:
+        return art.path
+    try:
+        feature_graph(get_backbone(art.meta["backbone"]["name"]), log)
+        return art.path
+    except BackboneError as e:
+        if log is not None:
+            log(f"model: {DEFAULT_NAME} cannot run: {e}; scanning with {FALLBACK_NAME} instead "
+                "(trained on 32x32 CIFAKE, weak on full-size photos)")
+        return shipped_dir(FALLBACK_NAME)
 
 
 def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto", threads: int | None = None,
@@ -201,22 +255,41 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    try:
-        sess = ort.InferenceSession(str(f), sess_options=opts, providers=[*providers, CPU])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own unrelated types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SessionError(f"cannot open {f} with ONNX Runtime: {first}") from e
+    sess = _session(ort, f, opts, [*providers, CPU])
+    head, feature = None, None
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    if "mai.backbone" in meta:
+        # A probe: the file is its head; the backbone's feature graph does the heavy work.
+        from mai.backbone import BackboneError, feature_graph, get_backbone
+
+        head_opts = ort.SessionOptions()
+        head_opts.log_severity_level = 3
+        head_opts.intra_op_num_threads = 1
+        head = _session(ort, f, head_opts, [CPU])
+        try:
+            ref = json.loads(meta["mai.backbone"])
+            bb = get_backbone(ref["name"])
+            feature = ref["feature"]
+            if ref.get("sha256") != bb.sha256:
+                raise BackboneError(f"{f} was trained on another build of {bb.name} than this MAI knows; "
+                                    "upgrade MAI or re-train the probe")
+            sess = _session(ort, feature_graph(bb, log), opts, [*providers, CPU])
+        except BackboneError as e:
+            raise BackboneUnavailable(f"{meta.get('mai.model_id', f)} needs its backbone: {e}") from e
+        except (KeyError, TypeError, ValueError) as e:
+            raise SessionError(f"{f}: malformed mai.backbone metadata ({e}); "
+                               "re-create it with `mai train probe`") from e
     active = sess.get_providers()[0]
     if providers and active == CPU:
         reason = "the CUDA provider did not load"
         if device == "cuda":
             raise SessionError(f"--device cuda: {reason} (check CUDA 12/13 and cuDNN 9 libraries); use --device cpu")
-    meta = dict(sess.get_modelmeta().custom_metadata_map)
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise SessionError(f"{f} is not a MAI model (missing metadata {', '.join(missing)}); "
                            "export one with `mai export onnx`")
-    model = OnnxModel(f, sess, active, meta, reason if device == "auto" and active == CPU and providers else None)
+    model = OnnxModel(f, sess, active, meta, reason if device == "auto" and active == CPU and providers else None,
+                      head, feature)
     try:
         _ = model.spec  # parse it now: a bad spec is an error at open, not mid-scan
     except MaiError as e:
@@ -226,4 +299,5 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
     return model
 
 
-__all__ = ["OnnxModel", "SessionError", "open_model", "resolve_onnx", "gpu_providers", "ArtifactError"]
+__all__ = ["OnnxModel", "SessionError", "BackboneUnavailable", "open_model", "usable_default", "resolve_onnx",
+           "gpu_providers", "ArtifactError"]

@@ -26,7 +26,7 @@ from mai import metrics
 from mai.artifact import save_artifact, versions
 from mai.checkpoint import STATE_NAME, load_state
 from mai.checkpoint import save_state as _atomic_save
-from mai.data import SPLIT_RULE, DataSet, open_dataset
+from mai.data import DataSet, open_dataset
 from mai.errors import MaiError
 from mai.evaluate import calibrate, decode_item, jpeg_reencoder, score_items
 from mai.preprocess import PreprocessSpec
@@ -236,7 +236,7 @@ def train_cnn(cfg: TrainConfig, log: Any = None) -> Path:
         train_items = rng.sample(train_items, min(cfg.limit, len(train_items)))
         val_items = rng.sample(val_items, min(max(cfg.limit // 5, 64), len(val_items)))
     if not train_items or not val_items:
-        raise TrainError(f"{cfg.data}: the hash split left {len(train_items)} training and "
+        raise TrainError(f"{cfg.data}: the split ({ds.split_rule}) left {len(train_items)} training and "
                          f"{len(val_items)} validation images; add data")
 
     w, h = spec.input_size
@@ -360,8 +360,8 @@ def finalise(cfg: TrainConfig, out: Path, ds: DataSet, val_items: list, spec: Pr
         "preprocess": spec.to_dict(),
         **cal,
         "data": {
-            "source": str(cfg.data), "fingerprint": ds.fingerprint(), "split_rule": SPLIT_RULE,
-            "counts": {"all": ds.counts(), "train": len(ds.items) - len(ds.split("val")),
+            "source": str(cfg.data), "fingerprint": ds.fingerprint(), "split_rule": ds.split_rule,
+            "counts": {"all": ds.counts(), "train": len(ds.split("train")),
                        "val": len(ds.split("val")),
                        "train_used": len(ds.split("train")) if not cfg.limit else cfg.limit},
             "unreadable_train": bad_total, "unreadable_val": len(scored.unreadable),

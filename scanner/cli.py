@@ -181,16 +181,14 @@ def _roots(paths: tuple[str, ...], examples: bool) -> list[str]:
     return roots
 
 
-def _open_model(model_path: str | None, device: str, threads: int | None, log: Any) -> Any:
-    from mai.session import SessionError, open_model
+def _usable_default(log: Any) -> Any:
+    from mai.session import usable_default
 
     try:
-        return open_model(model_path, device, threads, log=log)
-    except SessionError as e:
-        if model_path is None:
-            raise ScanError(f"the embedded default model cannot be used ({e}); "
-                            "pass --model PATH (a model folder or .onnx file)") from e
-        raise
+        return usable_default(log)
+    except MaiError as e:
+        raise ScanError(f"the embedded default model cannot be used ({e}); "
+                        "pass --model PATH (a model folder or .onnx file)") from e
 
 
 def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str | None, device: str,
@@ -220,6 +218,7 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     elif view == "jsonl" and jsonl not in (None, "-"):
         raise ScanError("--format jsonl writes JSON Lines to stdout; with --jsonl FILE choose table, plain or none")
 
+    from mai.session import open_model
     from scanner.records import Decision, display_path, make_record
     from scanner.sinks import JsonlWriter, PlainView, Progress, Summary, TableView, print_lines, resume_jsonl
 
@@ -229,15 +228,17 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
 
     if engine != "ray" and (ray_address or gpus_per_worker):
         raise ScanError("--ray-address and --gpus-per-worker need --engine ray")
+    if model_path is None:  # the default, or its fallback where the default's backbone is missing
+        model_path = str(_usable_default(note))
     ray_engine = None
     if engine == "ray":  # Ray is imported only here, and only when a window of files is ready to score
         from scanner.engine_ray import RayEngine
 
         ray_engine = RayEngine(model_path, device, threads, address=ray_address, workers=workers,
                                gpus_per_worker=gpus_per_worker, log=note)
-        model = ray_engine.driver_model(_open_model)
+        model = ray_engine.driver_model(open_model)
     else:
-        model = _open_model(model_path, device, threads or os.cpu_count(), note)
+        model = open_model(model_path, device, threads or os.cpu_count(), note)
     decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
     gpu, cpu_why = _choose_decoder(model, decoder, engine)
     opinion = _open_vlm(vlm, vlm_adapter, trust_remote_code, device, engine, note)

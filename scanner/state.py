@@ -33,7 +33,7 @@ from scanner.records import FACT_KEYS
 DB_NAME = "scan-state.sqlite3"
 #: Bump when what decode produces for the same file changes (provenance rules,
 #: fact meaning): stored rows of older versions are then misses.
-FACTS_VERSION = 1
+FACTS_VERSION = 2  # 2: stealth PNG info and remote C2PA references
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path BLOB NOT NULL,

