@@ -221,9 +221,10 @@ class TreeMemory:
 
 
 def mai_scan(folder: Path, model_path: str, workers: int, batch_size: int, extra: list[str] = (),
-             scores: dict[str, float | None] | None = None) -> dict:
-    """Run the real command; count records on its stdout (and keep path -> CNN score in `scores`)."""
-    env = dict(os.environ, MAI_HOME=tempfile.mkdtemp(prefix="mai-bench-home-"),
+             scores: dict[str, float | None] | None = None, home: str | None = None) -> dict:
+    """Run the real command; count records on its stdout (and keep path -> CNN score in `scores`).
+    `home` is its MAI_HOME (default: a fresh one; a probe model's backbone graph is cached there)."""
+    env = dict(os.environ, MAI_HOME=home or tempfile.mkdtemp(prefix="mai-bench-home-"),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "scanner.cli", str(folder), "--model", model_path, "--jsonl", "-", "-q",
            "--no-state", "--workers", str(workers), "--batch-size", str(batch_size), *extra]

@@ -38,7 +38,7 @@ class _Group(click.Group):
 
 
 #: Optional packages -> the extra that installs them (pyproject.toml).
-EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "safetensors": "train",
+EXTRAS = {"torch": "train", "torchvision": "train", "onnxscript": "train", "safetensors": "probe",
           "transformers": "vlm", "peft": "vlm", "num2words": "vlm", "ray": "ray", "diffusers": "pair",
           "c2pa": "c2pa", "pillow_heif": "heif"}
 

@@ -126,3 +126,24 @@ def test_broken_files_are_counted_not_fatal(tmp_path):
     scored = score_items(create_model("mai_cnn"), ds, ds.items, CIFAKE_SPEC, batch_size=3)
     assert len(scored.scores) == 4
     assert sorted(p for p, _ in scored.unreadable) == ["fake/broken.png", "real/empty.jpg"]
+
+
+def test_a_root_manifest_with_a_split_column_splits_folders_and_tars(tmp_path):
+    root = make_folder(tmp_path / "d", n=4)
+    rows = ["path,label,source,split"]
+    for i, rel in enumerate(sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))):
+        rows.append(f"{rel},{rel.split('/')[0]},gen{i % 2},{['train', 'val', 'test_generator'][i % 3]}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    tar = tmp_path / "d.tar"
+    with tarfile.open(tar, "w") as tf:
+        for p in sorted(root.rglob("*")):
+            tf.add(p, arcname=p.relative_to(root).as_posix(), recursive=False)
+    for ds in (open_dataset(root), open_dataset(tar)):
+        assert ds.own_splits == ["test_generator", "train", "val"] and ds.split_rule == "the manifest's split column"
+        assert [len(ds.split(s)) for s in ("train", "val", "test_generator", "all")] == [3, 3, 2, 8]
+        assert {it.source for it in ds.items} == {"gen0", "gen1"}  # the manifest's source wins
+        with pytest.raises(DataError, match="test_generator, train, val"):
+            ds.split("holdout")
+    (root / "manifest.csv").write_text("\n".join(rows[:-1]) + "\n")  # one image not listed
+    with pytest.raises(DataError, match="is not in manifest.csv"):
+        open_dataset(root)

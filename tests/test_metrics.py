@@ -51,3 +51,14 @@ def test_band_spans_everything_when_precision_is_unreachable():
     s = np.linspace(0, 1, 100)
     y = np.arange(100) % 2
     assert metrics.uncertainty_band(s, y, 0.5, precision=0.99) == (0.0, 1.0)
+
+
+def test_tpr_at_fpr_by_hand():
+    scores = [0.1, 0.2, 0.3, 0.9, 0.5, 0.95, 0.25]
+    labels = [0, 0, 0, 0, 1, 1, 1]
+    assert metrics.tpr_at_fpr(scores, labels, 0.0) == pytest.approx(1 / 3)  # above every real: 0.95
+    assert metrics.tpr_at_fpr(scores, labels, 0.25) == pytest.approx(2 / 3)  # one real (0.9) may pass
+    assert metrics.tpr_at_fpr(scores, labels, 1.0) == 1.0
+    assert metrics.tpr_at_fpr([0.5], [1], 0.01) is None
+    rep = metrics.summarise(scores, labels, 0.5)
+    assert rep["tpr_at_fpr_1pct"] == pytest.approx(1 / 3) and rep["tpr_at_fpr_5pct"] == pytest.approx(1 / 3)

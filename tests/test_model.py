@@ -90,3 +90,18 @@ def test_a_missing_optional_package_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["mai", "no_such_dependency"])
     with pytest.raises(ModuleNotFoundError):  # not an optional package: a bug, shown as one
         run_main(needs, "mai")
+
+
+def test_mai_npr_sees_native_pixels_and_only_their_neighbour_relations():
+    from mai.models.npr import PREPROCESS
+    from mai.registry import default_spec
+
+    m = create_model("mai_npr").eval()
+    assert default_spec("mai_npr") is PREPROCESS and PREPROCESS.fit == "crop" and PREPROCESS.input_size == (224, 224)
+    x = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
+    assert m(x).shape == (2,)
+    # An image constant on each 2x2 block has no neighbour-pixel trace: the net sees zeros.
+    blocky = x[:, ::2, ::2].repeat_interleave(2, 1).repeat_interleave(2, 2)
+    flat = torch.full_like(x, 7)
+    with torch.no_grad():
+        assert torch.allclose(m(blocky), m(flat), atol=1e-6)

@@ -115,3 +115,13 @@ def test_torch_steps_match_pillow_within_one_level(src):
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1
     assert np.mean(got == ref) > 0.97  # float32 differs from Pillow only at round-half cases
+
+
+def test_fit_crop_keeps_native_pixels_and_never_drafts():
+    spec = PreprocessSpec(steps=(Step((4, 4), "bicubic"),), fit="crop")
+    a = np.arange(10 * 8 * 3, dtype=np.uint8).reshape(8, 10, 3)
+    out = prepare(Image.fromarray(a), spec)
+    np.testing.assert_array_equal(out, a[2:6, 3:7])  # the centre 4x4, untouched
+    small = prepare(Image.fromarray(a[:3, :6]), spec)  # smaller than the crop: square, then enlarged
+    assert small.shape == (4, 4, 3)
+    assert draft_size(spec, (4000, 3000)) is None

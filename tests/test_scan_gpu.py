@@ -32,7 +32,7 @@ from scanner.gpu import GpuPathError, GpuStage, choose, upright  # noqa: E402
 def model() -> Any:
     from mai.session import open_model
 
-    return open_model(None, "cpu", 1)  # the default model: scores that mean something
+    return open_model("mai-cnn-cifake", "cpu", 1)  # a trained model: scores that mean something
 
 
 def _jpeg(w: int, h: int, seed: int, orientation: int = 1, **kw: Any) -> bytes:
@@ -162,7 +162,7 @@ class _Model:
 
 def test_cpu_model_never_imports_torch() -> None:
     code = ("import sys; from mai.session import open_model; from scanner.gpu import choose; "
-            "m = open_model(None, 'cpu'); stage, line = choose(m, 'auto'); "
+            "m = open_model('mai-cnn-cifake', 'cpu'); stage, line = choose(m, 'auto'); "
             "print(stage, line, 'torch' in sys.modules)")  # no stage, nothing to explain, no torch
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=scan_env(), timeout=120)
     assert out.returncode == 0, out.stderr
@@ -300,7 +300,7 @@ def _cuda_model() -> Any:
     from mai.session import SessionError, open_model
 
     try:
-        return open_model(None, "cuda")
+        return open_model("mai-cnn-cifake", "cuda")
     except SessionError as e:
         pytest.skip(f"ONNX Runtime cannot run on CUDA here: {e}")
 
@@ -325,7 +325,7 @@ def test_cuda_gpu_path_agrees_with_the_cpu_path(tmp_path: Path) -> None:
     stage, why = choose(m, "gpu")
     assert stage is not None and why is None and "nvJPEG on NVIDIA" in stage.describe()
     got = _collect(tmp_path, m, options=PipelineOptions(workers=2, gpu=stage, draft=False))
-    cpu = _collect(tmp_path, open_model(None, "cpu", 2), options=PipelineOptions(workers=2, draft=False))
+    cpu = _collect(tmp_path, open_model("mai-cnn-cifake", "cpu", 2), options=PipelineOptions(workers=2, draft=False))
     assert got.keys() == cpu.keys()
     worst = 0.0
     for name, r in cpu.items():
