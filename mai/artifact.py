@@ -67,7 +67,7 @@ class Artifact:
 #: The default: a probe on frozen CLIP features, trained on modern generators. It
 #: needs its backbone installed (`mai.backbone`); without it, mai-scan falls back to
 #: FALLBACK_NAME, the MAI CNN trained on CIFAKE, and says so.
-DEFAULT_NAME = "mai-cnn-cifake"  # until mai-clip-modern ships
+DEFAULT_NAME = "mai-clip-modern"
 FALLBACK_NAME = "mai-cnn-cifake"
 
 

@@ -170,7 +170,7 @@ def train_probe_cmd(**kw: Any) -> None:
 
     kw["l2"] = tuple(kw["l2"]) or L2_GRID
     console = stderr_console()
-    train_probe(ProbeConfig(**kw), log=lambda line: console.print(line, markup=False, highlight=False))
+    train_probe(ProbeConfig(**kw), log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
 
 
 @train.command("vlm")
