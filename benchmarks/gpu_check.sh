@@ -6,9 +6,11 @@
 #   bash benchmarks/gpu_check.sh run      # install it, run the CUDA tests, then bench_gpu.py
 #
 # Why pieces: the machine's image has torch, torchvision and plain onnxruntime
-# (1.30.0 as listed in the device tool's KINDS.md: most likely without CUDA;
+# (1.30.0, seen on 2026-12-04: a CPU build, no CUDA provider;
 # the run prints its providers), and no registry; the onnxruntime-gpu wheel (256 MB for 1.31.1,
-# cp312) is over the 64 MiB a call may carry. So, here (with the registry):
+# cp312) is over the 64 MiB a call may carry. Note: each call also carries the whole
+# tracked tree (about 50 MB now), so 60 MB pieces no longer fit; pieces would have to
+# be under ~14 MB (19 calls). So, here (with the registry):
 #
 #   echo /.ort/ >> .git/info/exclude; mkdir -p .ort
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
