@@ -40,35 +40,46 @@ def decode_item(ds: DataSet, item: Item, spec: PreprocessSpec, upto: int | None 
         return prepare(im, spec, upto=upto, augment=augment)
 
 
-def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec,
-                batch_size: int = 128, device: str = "cpu",
-                progress: Callable[[int], None] | None = None,
-                perturb: Callable[[Image.Image], Image.Image] | None = None) -> Scored:
-    """P(synthetic) for every readable item; unreadable ones are listed, not fatal.
+@dataclass
+class Features:
+    """Named per-image arrays from `map_items` (probabilities, backbone features)."""
+
+    feats: dict[str, np.ndarray]  # name -> (N, ...) in item order
+    labels: np.ndarray
+    sources: list[str]
+    relpaths: list[str]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    def scored(self, name: str = "prob") -> Scored:
+        scores = self.feats[name].astype(np.float64) if name in self.feats else np.zeros(0)
+        return Scored(scores, self.labels, self.sources, self.relpaths, self.unreadable)
+
+
+def map_items(fn: Callable[[np.ndarray], dict[str, np.ndarray]], ds: DataSet, items: Sequence[Item],
+              spec: PreprocessSpec, batch_size: int = 128, upto: int | None = None,
+              progress: Callable[[int], None] | None = None,
+              perturb: Callable[[Image.Image], Image.Image] | None = None) -> Features:
+    """Decode and preprocess every item by `spec` (the first `upto` steps), and run
+    `fn` (a uint8 NHWC batch -> named arrays) on full batches; unreadable items are
+    listed, not fatal. `progress(n)` hears how many items are done, after each batch.
 
     `perturb` acts on each upright RGB image before preprocessing (e.g. a JPEG
     re-encode, for evaluations where the two classes differ in format)."""
-    import torch
-
-    from mai.preprocess_torch import finish
-
-    scores: list[np.ndarray] = []
+    out: dict[str, list[np.ndarray]] = {}
     labels: list[int] = []
     sources: list[str] = []
     relpaths: list[str] = []
     bad: list[tuple[str, str]] = []
-    model.eval()
-
-    def flush(batch: list[np.ndarray]) -> None:
-        x = torch.from_numpy(np.stack(batch)).to(device)
-        with torch.inference_mode():
-            p = torch.sigmoid(model(finish(x, spec)).float())
-        scores.append(p.cpu().numpy().astype(np.float64))
-
     batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        for name, v in fn(np.stack(batch)).items():
+            out.setdefault(name, []).append(np.asarray(v))
+        batch.clear()
+
     for n, it in enumerate(items, 1):
         try:
-            arr = decode_item(ds, it, spec, upto=1, augment=perturb)
+            arr = decode_item(ds, it, spec, upto=upto, augment=perturb)
         except Exception as e:  # noqa: BLE001 - any unreadable image is counted and skipped
             bad.append((it.relpath, f"{type(e).__name__}: {e}"))
             continue
@@ -77,16 +88,35 @@ def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: Preprocess
         sources.append(it.source)
         relpaths.append(it.relpath)
         if len(batch) == batch_size:
-            flush(batch)
-            batch = []
+            flush()
             if progress:
                 progress(n)
     if batch:
-        flush(batch)
+        flush()
     if progress:
         progress(len(items))
-    s = np.concatenate(scores) if scores else np.zeros(0)
-    return Scored(s, np.asarray(labels, dtype=np.int64), sources, relpaths, bad)
+    feats = {name: np.concatenate(v) for name, v in out.items()}
+    return Features(feats, np.asarray(labels, dtype=np.int64), sources, relpaths, bad)
+
+
+def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec,
+                batch_size: int = 128, device: str = "cpu",
+                progress: Callable[[int], None] | None = None,
+                perturb: Callable[[Image.Image], Image.Image] | None = None) -> Scored:
+    """P(synthetic) from a torch model for every readable item (see `map_items`)."""
+    import torch
+
+    from mai.preprocess_torch import finish
+
+    model.eval()
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(batch).to(device)
+        with torch.inference_mode():
+            p = torch.sigmoid(model(finish(x, spec)).float())
+        return {"prob": p.cpu().numpy().astype(np.float64)}
+
+    return map_items(run, ds, items, spec, batch_size, upto=1, progress=progress, perturb=perturb).scored()
 
 
 def jpeg_reencoder(quality: int) -> Callable[[Image.Image], Image.Image]:

@@ -10,7 +10,7 @@ import numpy as np
 from mai.artifact import load_artifact, load_torch_model
 from mai.data import FAKE, DataSet, Item, open_dataset
 from mai.errors import MaiError
-from mai.evaluate import Scored, jpeg_reencoder, report, score_items
+from mai.evaluate import Scored, jpeg_reencoder, map_items, report, score_items
 
 
 def require_torch(what: str) -> None:
@@ -63,7 +63,6 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
 def score_items_onnx(art: Any, ds: DataSet, items: list[Item], device: str, batch_size: int,
                      perturb: Any) -> Scored:
     """Score with the model's ONNX files, as mai-scan runs them (probe models have no torch module)."""
-    from mai.probe import map_items
     from mai.session import open_model
 
     model = open_model(art.path, device)
@@ -71,9 +70,7 @@ def score_items_onnx(art: Any, ds: DataSet, items: list[Item], device: str, batc
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         return {"prob": model.predict(x)[1]}
 
-    f = map_items(run, ds, items, model.spec, min(batch_size, 32), perturb)
-    probs = f.feats.get("prob", np.zeros(0, np.float32)).astype(np.float64)
-    return Scored(probs, f.labels, f.sources, f.relpaths, f.unreadable)
+    return map_items(run, ds, items, model.spec, min(batch_size, 32), perturb=perturb).scored()
 
 
 def _f(v: Any) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,55 +26,8 @@ import numpy as np
 from PIL import Image
 
 from mai.data import DataSet, Item
-from mai.evaluate import decode_item
+from mai.evaluate import Features, map_items
 from mai.preprocess import PreprocessSpec
-
-
-@dataclass
-class Features:
-    feats: dict[str, np.ndarray]  # feature name -> (N, D) float32
-    labels: np.ndarray
-    sources: list[str]
-    relpaths: list[str]
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-
-
-def map_items(fn: Callable[[np.ndarray], dict[str, np.ndarray]], ds: DataSet, items: Sequence[Item],
-              spec: PreprocessSpec, batch_size: int = 16,
-              perturb: Callable[[Image.Image], Image.Image] | None = None,
-              progress: Callable[[int], None] | None = None) -> Features:
-    """Decode and preprocess every item by `spec`, and run `fn` (a uint8 NHWC batch
-    -> named arrays) on batches; unreadable items are listed, not fatal."""
-    out: dict[str, list[np.ndarray]] = {}
-    labels: list[int] = []
-    sources: list[str] = []
-    relpaths: list[str] = []
-    bad: list[tuple[str, str]] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        for n, v in fn(np.stack(batch)).items():
-            out.setdefault(n, []).append(np.asarray(v, np.float32))
-        batch.clear()
-
-    for k, it in enumerate(items, 1):
-        try:
-            arr = decode_item(ds, it, spec, augment=perturb)
-        except Exception as e:  # noqa: BLE001 - any unreadable image is counted and skipped
-            bad.append((it.relpath, f"{type(e).__name__}: {e}"))
-            continue
-        batch.append(arr)
-        labels.append(it.label)
-        sources.append(it.source)
-        relpaths.append(it.relpath)
-        if len(batch) == batch_size:
-            flush()
-        if progress:
-            progress(k)
-    if batch:
-        flush()
-    feats = {n: np.concatenate(v) for n, v in out.items()}
-    return Features(feats, np.asarray(labels, np.int64), sources, relpaths, bad)
 
 
 def extract(session: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec, batch_size: int = 16,
@@ -86,7 +39,7 @@ def extract(session: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSp
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(names, {"image": x}), strict=True))
 
-    return map_items(run, ds, items, spec, batch_size, perturb, progress)
+    return map_items(run, ds, items, spec, batch_size, progress=progress, perturb=perturb)
 
 
 @dataclass

@@ -86,13 +86,12 @@ def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: Preproce
             return Features({n: z[n] for n in FEATURES if n in z}, z["labels"], list(z["sources"]),
                             list(z["relpaths"]), [tuple(r) for r in z["unreadable"].reshape(-1, 2)])
     t0 = time.monotonic()
-    done = [0]
+    said = [0]
 
     def progress(k: int) -> None:
-        if log is not None and (k % 200 == 0 or k == len(items)):
-            rate = k / max(time.monotonic() - t0, 1e-9)
-            log(f"  features: {k}/{len(items)} images, {rate:.1f}/s")
-        done[0] = k
+        if log is not None and (k - said[0] >= 200 or k == len(items)):
+            said[0] = k
+            log(f"  features: {k}/{len(items)} images, {k / max(time.monotonic() - t0, 1e-9):.1f}/s")
 
     f = extract(feature_session(bb, threads), ds, items, spec, batch_size, perturb, progress)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ line-splitting tool can cut a record). Fields, always all present, in this order
 ``score``      P(synthetic) from the stage that decided, 0..1 (6 decimals); a
                positive metadata signal counts as 1.0; null for errors.
 ``stage``      what decided: ``metadata`` (a provenance signal with
-               ``"ai": true``), ``cnn`` (the ONNX model; also for
+               ``"ai": true``), ``cnn`` (the image model, whatever its
+               architecture: the CLIP probe by default; also for
                ``uncertain``), ``vlm`` (the second opinion); null for errors.
 ``scores``     every stage's score: ``{"cnn": float|null, "vlm": float|null}``.
                The CNN always runs, so ``cnn`` is set even when metadata decided.
