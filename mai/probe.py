@@ -16,7 +16,6 @@ features (UnivFD, CVPR 2023; Cozzolino et al., CVPR-W 2024). Here:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +139,3 @@ def head_onnx(head: Head, meta: dict[str, str], path: Path) -> Path:
     onnx.save(model, str(tmp))
     tmp.replace(path)
     return path
-
-
-def backbone_meta(backbone: dict[str, Any], feature: str) -> str:
-    """The `mai.backbone` metadata value: which backbone, and which of its features the head reads."""
-    return json.dumps({**backbone, "feature": feature}, sort_keys=True)

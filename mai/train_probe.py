@@ -76,10 +76,10 @@ def feature_session(bb: Backbone, threads: int | None = None) -> Any:
 
 
 def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: PreprocessSpec, threads: int | None,
-                    batch_size: int, perturb: Any = None, perturb_key: str = "", log: Any = None) -> Features:
-    """`mai.probe.extract`, cached by backbone, spec, data and items (and perturbation)."""
+                    batch_size: int, log: Any = None) -> Features:
+    """`mai.probe.extract`, cached by backbone, spec, data and items."""
     key = hashlib.sha256(json.dumps(
-        [bb.sha256, spec.to_json(), ds.fingerprint(), [it.relpath for it in items], perturb_key]).encode()).hexdigest()
+        [bb.sha256, spec.to_json(), ds.fingerprint(), [it.relpath for it in items], ""]).encode()).hexdigest()
     path = app_dir() / "features" / f"{key[:24]}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
@@ -93,7 +93,7 @@ def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: Preproce
             said[0] = k
             log(f"  features: {k}/{len(items)} images, {k / max(time.monotonic() - t0, 1e-9):.1f}/s")
 
-    f = extract(feature_session(bb, threads), ds, items, spec, batch_size, perturb, progress)
+    f = extract(feature_session(bb, threads), ds, items, spec, batch_size, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, labels=f.labels, sources=np.asarray(f.sources, dtype=str), relpaths=np.asarray(f.relpaths, dtype=str),
