@@ -21,8 +21,8 @@ from mai.preprocess import prepare  # noqa: E402
 from mai.session import SessionError, open_model  # noqa: E402
 
 
-def test_graph_contract_and_metadata_round_trip(onnx_model_dir):
-    m = onnx.load(str(onnx_model_dir / "model.fp32.onnx"))
+def test_graph_contract_and_metadata_round_trip(exported_model_dir):
+    m = onnx.load(str(exported_model_dir / "model.fp32.onnx"))
     (inp,) = m.graph.input
     assert inp.name == "image"
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -31,8 +31,8 @@ def test_graph_contract_and_metadata_round_trip(onnx_model_dir):
     assert [o.name for o in m.graph.output] == ["logit", "prob"]
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in m.graph.output)
     assert m.opset_import[0].version >= 17
-    art = load_artifact(onnx_model_dir)
-    model = open_model(onnx_model_dir, device="cpu")
+    art = load_artifact(exported_model_dir)
+    model = open_model(exported_model_dir, device="cpu")
     assert model.model_id == art.model_id
     assert model.spec == art.spec
     assert model.threshold == art.threshold and model.uncertain == art.uncertain
@@ -40,12 +40,12 @@ def test_graph_contract_and_metadata_round_trip(onnx_model_dir):
     assert model.precision == "fp32" and model.provider == "CPUExecutionProvider"
 
 
-def test_uint8_path_equals_reference_preprocessing(onnx_model_dir):
+def test_uint8_path_equals_reference_preprocessing(exported_model_dir):
     """Feeding prepare()'s bytes to ONNX gives torch's probability on the same bytes,
     and the graph's own normalisation equals the reference (x/255 - mean)/std."""
     import torch
 
-    art = load_artifact(onnx_model_dir)
+    art = load_artifact(exported_model_dir)
     x = real_images(art)
     torch_model = load_torch_model(art)
     with torch.inference_mode():
@@ -54,14 +54,14 @@ def test_uint8_path_equals_reference_preprocessing(onnx_model_dir):
     from mai.preprocess import normalise
 
     assert np.allclose(norm, normalise(x, art.spec), atol=1e-6)
-    logit, prob = open_model(onnx_model_dir, device="cpu").predict(x)
+    logit, prob = open_model(exported_model_dir, device="cpu").predict(x)
     assert prob.dtype == np.float32 and prob.shape == (len(x),)
     assert np.max(np.abs(prob - want)) <= 1e-4
     assert np.allclose(1 / (1 + np.exp(-logit)), prob, atol=1e-6)
 
 
-def test_dynamic_batch(onnx_model_dir):
-    model = open_model(onnx_model_dir, device="cpu")
+def test_dynamic_batch(exported_model_dir):
+    model = open_model(exported_model_dir, device="cpu")
     for n in (1, 7):
         _, p = model.predict(np.zeros((n, 200, 200, 3), np.uint8))
         assert p.shape == (n,)
@@ -115,8 +115,8 @@ def test_cli_export_all(tmp_path):
     assert "parity vs torch" in r.stderr
 
 
-def test_not_a_mai_onnx_is_refused(tmp_path, onnx_model_dir):
-    m = onnx.load(str(onnx_model_dir / "model.fp32.onnx"))
+def test_not_a_mai_onnx_is_refused(tmp_path, exported_model_dir):
+    m = onnx.load(str(exported_model_dir / "model.fp32.onnx"))
     del m.metadata_props[:]
     onnx.save(m, str(tmp_path / "plain.onnx"))
     with pytest.raises(SessionError, match="not a MAI model"):
@@ -128,20 +128,20 @@ def test_not_a_mai_onnx_is_refused(tmp_path, onnx_model_dir):
         open_model(tmp_path, device="cpu")
 
 
-def test_provider_falls_back_to_cpu_without_cuda(onnx_model_dir, monkeypatch, capfd):
+def test_provider_falls_back_to_cpu_without_cuda(exported_model_dir, monkeypatch, capfd):
     # No driver here (or pretend so): auto runs on the CPU quietly, cuda refuses in one line.
     monkeypatch.setattr(session_mod, "_driver_loads", lambda: "no NVIDIA driver (test)")
     lines = []
-    model = open_model(onnx_model_dir, device="auto", log=lines.append)
+    model = open_model(exported_model_dir, device="auto", log=lines.append)
     assert model.provider == "CPUExecutionProvider"
     assert len(lines) == 1 and "CPU" in lines[0]
     with pytest.raises(SessionError, match="--device cuda"):
-        open_model(onnx_model_dir, device="cuda")
+        open_model(exported_model_dir, device="cuda")
     out, err = capfd.readouterr()
     assert out == "" and "[E:" not in err and "[W:" not in err
 
 
-def test_cuda_that_does_not_load_is_detected(onnx_model_dir, monkeypatch):
+def test_cuda_that_does_not_load_is_detected(exported_model_dir, monkeypatch):
     """A driver that 'loads' but a CUDA provider that falls back: auto says so,
     cuda refuses. Simulated by asking for CUDA on this CPU-only machine."""
     import onnxruntime as ort
@@ -156,28 +156,28 @@ def test_cuda_that_does_not_load_is_detected(onnx_model_dir, monkeypatch):
             pytest.skip("a real GPU is here")
     except ImportError:
         pass
-    model = open_model(onnx_model_dir, device="auto")
+    model = open_model(exported_model_dir, device="auto")
     assert model.provider == "CPUExecutionProvider"
     assert model.fallback_reason and "did not load" in model.fallback_reason
     with pytest.raises(SessionError, match="did not load"):
-        open_model(onnx_model_dir, device="cuda")
+        open_model(exported_model_dir, device="cuda")
 
 
-def test_bad_device_name(onnx_model_dir):
+def test_bad_device_name(exported_model_dir):
     with pytest.raises(SessionError, match="unknown device"):
-        open_model(onnx_model_dir, device="tpu")
+        open_model(exported_model_dir, device="tpu")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="checks the real CPU-only fallback on Linux CI")
-def test_prepare_matches_spec_of_exported_model(onnx_model_dir):
+def test_prepare_matches_spec_of_exported_model(exported_model_dir):
     from PIL import Image
 
-    model = open_model(onnx_model_dir, device="cpu")
+    model = open_model(exported_model_dir, device="cpu")
     im = Image.new("RGB", (640, 480), (10, 200, 30))
     assert prepare(im, model.spec).shape == (200, 200, 3)
 
 
-def test_copy_of_model_folder_still_opens(tmp_path, onnx_model_dir):
+def test_copy_of_model_folder_still_opens(tmp_path, exported_model_dir):
     dst = tmp_path / "copy"
-    shutil.copytree(onnx_model_dir, dst)
-    assert open_model(dst, device="cpu").model_id == load_artifact(onnx_model_dir).model_id
+    shutil.copytree(exported_model_dir, dst)
+    assert open_model(dst, device="cpu").model_id == load_artifact(exported_model_dir).model_id
