@@ -11,6 +11,7 @@ from mai.artifact import load_artifact, load_torch_model
 from mai.data import FAKE, DataSet, Item, open_dataset
 from mai.errors import MaiError
 from mai.evaluate import Scored, jpeg_reencoder, map_items, report, score_items
+from mai.torch_host import torch_device
 
 
 def require_torch(what: str) -> None:
@@ -42,12 +43,7 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
         scored = score_items_onnx(art, ds, items, device, batch_size, perturb)
     else:
         require_torch("mai eval")
-        import torch
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise MaiError("--device cuda: torch sees no CUDA device here; use --device cpu")
+        device = torch_device(device)
         model = load_torch_model(art).to(device)
         scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=device, perturb=perturb)
     rep = report(scored, art.threshold, art.uncertain)

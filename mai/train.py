@@ -10,8 +10,6 @@ validation split.
 from __future__ import annotations
 
 import math
-import os
-import platform
 import random
 import sys
 import time
@@ -30,6 +28,7 @@ from mai.data import DataSet, open_dataset
 from mai.errors import MaiError
 from mai.evaluate import calibrate, decode_item, jpeg_reencoder, score_items
 from mai.preprocess import PreprocessSpec
+from mai.torch_host import hardware, torch_device
 
 OPTIMIZERS = ("rmsprop", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -103,16 +102,6 @@ class TrainError(MaiError, RuntimeError):
     """A training run that cannot start or go on; the message says why."""
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: torch sees no CUDA device here; use --device cpu")
-    return name
-
-
 class _Images:
     """torch Dataset over items: uint8 arrays at the first step's size."""
 
@@ -172,20 +161,6 @@ def _optimizer(cfg: TrainConfig, model: Any) -> Any:
     raise TrainError(f"unknown optimizer {cfg.optimizer!r}; use one of {OPTIMIZERS}")
 
 
-def _hardware(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:  # Linux leaves platform.processor() empty; /proc/cpuinfo names the chip
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
-
-
 def keep_freed_memory() -> None:
     """Stop glibc from returning freed memory to the OS after every step.
 
@@ -225,7 +200,7 @@ def train_cnn(cfg: TrainConfig, log: Any = None) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    device = torch_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     spec = PreprocessSpec.from_dict(cfg.spec)
@@ -370,7 +345,7 @@ def finalise(cfg: TrainConfig, out: Path, ds: DataSet, val_items: list, spec: Pr
             "command": " ".join(["mai", *sys.argv[1:]]) if sys.argv and "mai" in Path(sys.argv[0]).name else None,
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("spec",)},
             "best_epoch": best["epoch"], "selected_by": f"val_{cfg.select}",
-            "epochs": len(history), "wall_s": round(wall, 1), "hardware": _hardware(device),
+            "epochs": len(history), "wall_s": round(wall, 1), "hardware": hardware(device),
             "history": history,
         },
         "versions": versions(),

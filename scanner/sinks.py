@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from mai.ui import stderr_console
 from scanner.records import ERROR_KINDS, VERDICTS, display_path, to_line
 
 VERDICT_STYLE = {"synthetic": "bold red", "authentic": "green", "uncertain": "yellow", "error": "magenta"}
@@ -263,12 +264,6 @@ class Summary:
         if model_line:
             out.append((f"  {model_line}", "dim"))
         return out
-
-
-def stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
 
 
 def print_lines(lines: list[tuple[str, str]], console: Any = None) -> None:

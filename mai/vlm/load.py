@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mai.torch_host import torch_device
 from mai.vlm import QUESTION, VLMError
 
 #: The moondream2 revision MAI supports: the last with the `encode_image` /
@@ -200,18 +201,6 @@ def base_identity(p: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         if kb.revision:
             ident["expected_revision"] = kb.revision
     return ident
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VLMError("--device cuda: torch sees no CUDA device here; use --device cpu")
-    if device not in ("cuda", "cpu"):
-        raise VLMError(f"unknown device {device!r}; use auto, cuda or cpu")
-    return device
 
 
 def pick_dtype(device: str, dtype: str | None = None) -> Any:
@@ -666,7 +655,7 @@ def load_base(base: str | os.PathLike[str], trust_remote_code: bool = False, dev
     p, cfg = check_base(base, trust_remote_code)
     require_vlm_extra()
     quiet_transformers()
-    dev = pick_device(device)
+    dev = torch_device(device)
     dt = pick_dtype(dev, dtype)
     fam = family_of(cfg)
     common = {"local_files_only": True, "trust_remote_code": trust_remote_code}

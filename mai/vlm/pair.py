@@ -71,9 +71,9 @@ class DiffusersGenerator:
         except ImportError:
             raise VLMError("mai data pair with a diffusers model needs diffusers: "
                            "pip install 'mai-detect[pair]'") from None
-        from mai.vlm.load import pick_device
+        from mai.torch_host import torch_device
 
-        self.device = pick_device(device)
+        self.device = torch_device(device)
         dtype = torch.float16 if self.device == "cuda" else torch.float32
         try:
             self.pipe = DiffusionPipeline.from_pretrained(str(p), local_files_only=True, torch_dtype=dtype)

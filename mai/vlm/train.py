@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -51,6 +50,7 @@ from mai.checkpoint import STATE_NAME, load_state
 from mai.checkpoint import save_state as _save_state
 from mai.data import FAKE, REAL, SPLIT_RULE, Item, open_dataset
 from mai.errors import MaiError
+from mai.torch_host import hardware, torch_device
 from mai.vlm import ANSWER_NO, ANSWER_YES, META_NAME, QUESTION, SCHEMA, VLMError
 
 VAL_SCORES = "val_scores.csv"
@@ -137,15 +137,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _hardware(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
-
-
 def attach_lora(backend: Any, cfg: VLMTrainConfig) -> tuple[Any, str]:
     """Wrap the backend's model with fresh LoRA layers; returns (peft model, target regex)."""
     from peft import LoraConfig, get_peft_model
@@ -172,7 +163,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     from mai.ui import TrainDisplay
     from mai.vlm.evaluate import score_items
     from mai.vlm.images import open_image
-    from mai.vlm.load import base_identity, check_base, load_base, pick_device
+    from mai.vlm.load import base_identity, check_base, load_base
 
     out = Path(cfg.out)
     if (out / META_NAME).exists():
@@ -192,7 +183,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
         raise VLMTrainError(f"{cfg.data}: the hash split left no validation images; add data")
     balanced_order(train_items, random.Random(0))  # fails early on a missing class
 
-    device = pick_device(cfg.device)
+    device = torch_device(cfg.device)
     dtype = None if (device == "cuda" and cfg.amp) else "float32"
     t_load = time.time()
     backend = load_base(base_path, cfg.trust_remote_code, device, dtype, cfg.question, cfg.image_splitting)
@@ -372,7 +363,7 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
             "config": conf, "best_epoch": best["epoch"], "selected_by": "val_roc_auc",
             "optimizer_steps": step, "warmup_steps": warmup, "gradient_checkpointing": gc,
             "precision": str(backend.dtype).replace("torch.", "") + (" autocast" if amp_dtype else ""),
-            "wall_s": round(wall, 1), "load_s": round(load_s, 1), "hardware": _hardware(device),
+            "wall_s": round(wall, 1), "load_s": round(load_s, 1), "hardware": hardware(device),
             "history": history,
         },
         "versions": _versions(),
