@@ -82,7 +82,7 @@ def default_model_dir() -> Path:
 
 def shipped_models() -> dict[str, Path]:
     """The models inside the package, by name, the default first."""
-    return {name: shipped_dir(name) for name in dict.fromkeys((DEFAULT_NAME, FALLBACK_NAME))}
+    return {name: shipped_dir(name) for name in (DEFAULT_NAME, FALLBACK_NAME)}
 
 
 def model_dir(path: str | os.PathLike[str] | None) -> Path:
