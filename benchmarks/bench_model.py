@@ -35,8 +35,9 @@ def _cpu_name() -> str:
 def engines(model_dir: Path | None, threads: int) -> dict[str, Callable[[np.ndarray], object]]:
     import torch
 
-    from mai.artifact import load_artifact, load_torch_model
+    from mai.artifact import load_artifact
     from mai.session import open_model
+    from mai_train.checkpoint import load_torch_model
 
     torch.set_num_threads(threads)
     art = load_artifact(model_dir)

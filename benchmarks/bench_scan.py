@@ -113,10 +113,10 @@ def bench_model(model: str | None) -> str:
         print("exporting a random MAI CNN for the benchmark ...", file=sys.stderr, flush=True)
         import torch
 
-        from export.onnx_export import export_onnx
-        from mai.artifact import save_artifact
         from mai.preprocess import CIFAKE_SPEC
-        from mai.registry import create_model
+        from mai_train.checkpoint import save_artifact
+        from mai_train.export import export_onnx
+        from mai_train.registry import create_model
 
         torch.manual_seed(0)
         meta = {"name": "bench-cnn", "architecture": {"name": "mai_cnn", "args": {}},

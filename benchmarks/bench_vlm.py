@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from PIL import Image
 
     from mai.vlm import VLMScorer
-    from mai.vlm.train import VLMTrainConfig, attach_lora
+    from mai_train.vlm.train import VLMTrainConfig, attach_lora
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -30,12 +30,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mai import metrics  # noqa: E402
 from mai.artifact import load_artifact  # noqa: E402
 from mai.backbone import get_backbone  # noqa: E402
-from mai.data import open_dataset  # noqa: E402
-from mai.evaluate_cli import eval_items, run_eval  # noqa: E402
-from mai.train_probe import ProbeConfig, cached_features, load_head, probe_spec, train_probe  # noqa: E402
+from mai_train import metrics  # noqa: E402
+from mai_train.data import open_dataset  # noqa: E402
+from mai_train.evaluate_cli import eval_items, run_eval  # noqa: E402
+from mai_train.train_probe import ProbeConfig, cached_features, load_head, probe_spec, train_probe  # noqa: E402
 
 
 def row(name: str, val: dict[str, Any], test: dict[str, Any], imagenet: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -159,72 +157,3 @@ def onnx_metadata(art: Artifact, precision: str) -> dict[str, str]:
         feature = art.meta["architecture"]["args"]["feature"]
         meta["mai.backbone"] = json.dumps({**art.meta["backbone"], "feature": feature}, sort_keys=True)
     return meta
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    from importlib.metadata import PackageNotFoundError, version
-
-    for pkg in ("mai-detect", "torch", "numpy", "pillow", "onnx", "onnxruntime", "onnxruntime-gpu"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def save_artifact(out: Path, model: Any, meta: dict[str, Any], name: str) -> Artifact:
-    """Write weights and metadata; the model id names the weights' hash."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS_NAME)
-    digest = sha256_file(out / WEIGHTS_NAME)
-    meta = {"schema": SCHEMA, "model_id": f"{name}@{digest[:8]}", "weights_sha256": digest, **meta}
-    meta.setdefault("versions", versions())
-    tmpm = out / (META_NAME + ".tmp")
-    tmpm.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmpm, out / META_NAME)
-    return Artifact(out, meta)
-
-
-def load_torch_model(art: Artifact) -> Any:
-    """Build the architecture and load the weights (torch). Refuses weights that
-    are corrupt, altered since `mai.json` was written, or of another shape."""
-    from safetensors.torch import load_file
-
-    from mai.registry import UnknownModelError, create_model
-
-    arch = art.meta["architecture"]
-    try:
-        model = create_model(arch["name"], **arch.get("args", {}))
-    except (UnknownModelError, TypeError) as e:
-        raise ArtifactError(f"{art.path}: cannot build architecture: {e}") from e
-    if not art.weights.is_file():
-        raise ArtifactError(f"{art.path} has no {WEIGHTS_NAME}")
-    want = art.meta.get("weights_sha256")
-    if want and sha256_file(art.weights) != want:
-        raise ArtifactError(
-            f"{art.weights} does not match the hash in {META_NAME}: the file is corrupt "
-            "or was replaced; restore it or re-train"
-        )
-    try:
-        state = load_file(str(art.weights))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise ArtifactError(f"{art.weights} is not a readable safetensors file: {e}") from e
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0:3]
-        raise ArtifactError(
-            f"{art.weights} does not fit architecture {arch['name']!r}: {' '.join(first)}"
-        ) from e
-    model.eval()
-    return model
-
-
-def python_command() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mai.preprocess import PreprocessSpec, SpecError, Step
 from mai.resample import FILTERS, coefficients, vertical_first
 
+if TYPE_CHECKING:  # torch loads when a function here first runs: `mai/` imports no torch at module level
+    import torch
+
 
 @lru_cache(maxsize=64)
 def _weights(in_size: int, out_size: int, resample: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(coefficients(in_size, out_size, resample).copy()).to(device=device, dtype=dtype)
 
 
@@ -28,10 +32,13 @@ def _round8(y: torch.Tensor) -> torch.Tensor:
     return y.add_(0.5).floor_().clamp_(0, 255)
 
 
-def resize_steps(x: torch.Tensor, steps: Sequence[Step], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Resize a uint8 NHWC batch through `steps`; returns uint8 NHWC.
+def resize_steps(x: torch.Tensor, steps: Sequence[Step], dtype: Any = None) -> torch.Tensor:
+    """Resize a uint8 NHWC batch through `steps`, in `dtype` (default float32);
+    returns uint8 NHWC. `x` may be a strided view (an EXIF turn or a crop of a
+    decoded image)."""
+    import torch
 
-    `x` may be a strided view (an EXIF turn or a crop of a decoded image)."""
+    dtype = torch.float32 if dtype is None else dtype
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
         raise SpecError(f"expected a uint8 NHWC batch, got {x.dtype} {tuple(x.shape)}")
     if not steps:

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from mai.cli import run_main
+from mai.console import run_main
 from mai.errors import MaiError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_ERRORS, EXIT_FAIL_ON, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 4, 130, 141

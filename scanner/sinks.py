@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from mai.ui import stderr_console
+from mai.console import stderr_console
 from scanner.records import ERROR_KINDS, VERDICTS, display_path, to_line
 
 VERDICT_STYLE = {"synthetic": "bold red", "authentic": "green", "uncertain": "yellow", "error": "magenta"}

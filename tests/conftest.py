@@ -51,9 +51,9 @@ def make_artifact(out: Path, seed: int = 0, threshold: float = 0.5, band: tuple[
     """A freshly initialised MAI CNN saved as an artifact (needs torch)."""
     import torch
 
-    from mai.artifact import save_artifact
     from mai.preprocess import CIFAKE_SPEC
-    from mai.registry import create_model
+    from mai_train.checkpoint import save_artifact
+    from mai_train.registry import create_model
 
     torch.manual_seed(seed)
     model = create_model("mai_cnn")
@@ -70,7 +70,7 @@ def make_artifact(out: Path, seed: int = 0, threshold: float = 0.5, band: tuple[
 def exported_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random MAI CNN artifact with its fp32 ONNX export beside it (needs torch)."""
     pytest.importorskip("torch", reason="exporting needs the train extra")
-    from export.onnx_export import export_onnx
+    from mai_train.export import export_onnx
 
     out = make_artifact(tmp_path_factory.mktemp("model") / "test-cnn")
     export_onnx(out, ("fp32",))

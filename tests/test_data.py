@@ -5,7 +5,7 @@ import tarfile
 import pytest
 from conftest import encode, make_folder, synthetic_image
 
-from mai.data import FAKE, REAL, DataError, is_val, open_dataset
+from mai_train.data import FAKE, REAL, DataError, is_val, open_dataset
 
 
 def test_real_fake_folders_any_case(tmp_path):
@@ -115,9 +115,9 @@ def test_fingerprint_changes_with_content(tmp_path):
 
 def test_broken_files_are_counted_not_fatal(tmp_path):
     torch = pytest.importorskip("torch")  # noqa: F841
-    from mai.evaluate import score_items
     from mai.preprocess import CIFAKE_SPEC
-    from mai.registry import create_model
+    from mai_train.evaluate import score_items
+    from mai_train.registry import create_model
 
     make_folder(tmp_path, n=2)
     (tmp_path / "fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")

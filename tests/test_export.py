@@ -13,12 +13,13 @@ from conftest import make_artifact
 pytest.importorskip("torch", reason="export needs the train extra")
 onnx = pytest.importorskip("onnx", reason="export needs the train extra")
 
-from export.onnx_export import ExportError, export_onnx, real_images  # noqa: E402
 from mai import session as session_mod  # noqa: E402
-from mai.artifact import ArtifactError, load_artifact, load_torch_model  # noqa: E402
-from mai.cli import cli  # noqa: E402
+from mai.artifact import ArtifactError, load_artifact  # noqa: E402
 from mai.preprocess import prepare  # noqa: E402
 from mai.session import SessionError, open_model  # noqa: E402
+from mai_train.checkpoint import load_torch_model  # noqa: E402
+from mai_train.cli import cli  # noqa: E402
+from mai_train.export import ExportError, export_onnx, real_images  # noqa: E402
 
 
 def test_graph_contract_and_metadata_round_trip(exported_model_dir):
@@ -83,7 +84,7 @@ def test_fp16_export_within_tolerance(tmp_path):
 
 def test_failed_parity_leaves_no_file(tmp_path, monkeypatch):
     out = make_artifact(tmp_path / "m", seed=4)
-    import export.onnx_export as ex
+    import mai_train.export as ex
 
     monkeypatch.setitem(ex.TOLERANCE, "fp32", -1.0)  # nothing can pass
     with pytest.raises(ExportError, match="parity failed"):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mai import metrics
+from mai_train import metrics
 
 
 def test_auc_by_hand():

@@ -2,7 +2,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the model tests need the train extra")
 
-from mai.registry import UnknownModelError, create_model, list_models  # noqa: E402
+from mai_train.registry import UnknownModelError, create_model, list_models  # noqa: E402
 
 
 def test_mai_cnn_is_exactly_as_designed():
@@ -32,8 +32,8 @@ def test_registry():
 
 
 def test_mai_resnet_tiny_runs_at_native_32x32():
-    from mai.models.resnet import PREPROCESS
-    from mai.registry import default_spec
+    from mai_train.models.resnet import PREPROCESS
+    from mai_train.registry import default_spec
 
     m = create_model("mai_resnet_tiny")
     assert sum(p.numel() for p in m.parameters()) == 174_673
@@ -62,7 +62,7 @@ def test_model_names_resolve_to_shipped_models(tmp_path, monkeypatch):
 def test_mai_models_lists_architectures_and_shipped_models():
     from click.testing import CliRunner
 
-    from mai.cli import cli
+    from mai_train.cli import cli
 
     r = CliRunner().invoke(cli, ["models"])
     assert r.exit_code == 0, r.output
@@ -75,7 +75,7 @@ def test_mai_models_lists_architectures_and_shipped_models():
 def test_a_missing_optional_package_is_one_line(capsys, monkeypatch):
     import click
 
-    from mai.cli import run_main
+    from mai_train.cli import run_main
 
     @click.command()
     @click.argument("mod")
@@ -95,8 +95,8 @@ def test_a_missing_optional_package_is_one_line(capsys, monkeypatch):
 
 
 def test_mai_npr_sees_native_pixels_and_only_their_neighbour_relations():
-    from mai.models.npr import PREPROCESS
-    from mai.registry import default_spec
+    from mai_train.models.npr import PREPROCESS
+    from mai_train.registry import default_spec
 
     m = create_model("mai_npr").eval()
     assert default_spec("mai_npr") is PREPROCESS and PREPROCESS.fit == "crop" and PREPROCESS.input_size == (224, 224)

@@ -152,7 +152,7 @@ def _data(root: Path, n: int = 16) -> Path:
 
 @pytest.fixture
 def probe_dir(tiny, tmp_path: Path) -> Path:
-    from mai.train_probe import ProbeConfig, train_probe
+    from mai_train.train_probe import ProbeConfig, train_probe
 
     data = _data(tmp_path / "data")
     lines: list[str] = []
@@ -163,9 +163,9 @@ def probe_dir(tiny, tmp_path: Path) -> Path:
 
 
 def test_train_probe_writes_a_calibrated_artifact_with_a_proven_head(probe_dir: Path, tiny) -> None:
-    from mai.data import open_dataset
     from mai.session import open_model
-    from mai.train_probe import load_head, probe_spec
+    from mai_train.data import open_dataset
+    from mai_train.train_probe import load_head, probe_spec
 
     art = load_artifact(probe_dir)
     assert art.model_id.startswith("probe@")
@@ -180,7 +180,7 @@ def test_train_probe_writes_a_calibrated_artifact_with_a_proven_head(probe_dir: 
     model = open_model(probe_dir, "cpu")
     assert model.backbone == "tiny-clip" and "backbone tiny-clip fp32" in model.describe()
     ds = open_dataset(probe_dir.parent / "data")
-    from mai.evaluate import decode_item
+    from mai_train.evaluate import decode_item
 
     x = np.stack([decode_item(ds, it, model.spec) for it in ds.split("val")])
     _, prob = model.predict(x)
@@ -190,8 +190,8 @@ def test_train_probe_writes_a_calibrated_artifact_with_a_proven_head(probe_dir: 
 
 
 def test_probe_fit_separates_what_its_features_separate() -> None:
-    from mai.metrics import roc_auc
-    from mai.probe import fit_logistic
+    from mai_train.metrics import roc_auc
+    from mai_train.probe import fit_logistic
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
@@ -206,7 +206,7 @@ def test_probe_fit_separates_what_its_features_separate() -> None:
 def test_mai_eval_and_export_on_a_probe(probe_dir: Path, capsys) -> None:
     from click.testing import CliRunner
 
-    from mai.cli import cli
+    from mai_train.cli import cli
 
     data = str(probe_dir.parent / "data")
     r = CliRunner().invoke(cli, ["eval", "--model", str(probe_dir), "--data", data, "--split", "test_generator",

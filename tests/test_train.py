@@ -9,19 +9,20 @@ from conftest import make_folder
 
 torch = pytest.importorskip("torch", reason="training tests need the train extra")
 
-from mai.artifact import ArtifactError, load_artifact, load_torch_model  # noqa: E402
-from mai.cli import cli  # noqa: E402
-from mai.data import open_dataset  # noqa: E402
+from mai.artifact import ArtifactError, load_artifact  # noqa: E402
 from mai.preprocess import PreprocessSpec, Step  # noqa: E402
-from mai.train import Augment, TrainConfig, train_cnn  # noqa: E402
+from mai_train.checkpoint import load_torch_model  # noqa: E402
+from mai_train.cli import cli  # noqa: E402
+from mai_train.data import open_dataset  # noqa: E402
+from mai_train.train_cnn import Augment, TrainConfig, train_cnn  # noqa: E402
 
 SMALL = PreprocessSpec(steps=(Step((32, 32), "box"), Step((200, 200), "bilinear"))).to_dict()
 
 
 def test_a_few_steps_lower_the_loss(tmp_path):
-    from mai.evaluate import decode_item
     from mai.preprocess_torch import finish
-    from mai.registry import create_model
+    from mai_train.evaluate import decode_item
+    from mai_train.registry import create_model
 
     torch.manual_seed(0)
     ds = open_dataset(make_folder(tmp_path, n=8))
@@ -85,7 +86,7 @@ def test_resume_from_mid_epoch_checkpoint(tmp_path):
     train_cnn(TrainConfig(out=str(full), **kw))
     # Simulate a kill after the checkpoint at step 2: keep that state only.
     part = tmp_path / "part"
-    from mai import train as train_mod
+    from mai_train import train_cnn as train_mod
 
     calls = {"n": 0}
     real = train_mod._atomic_save
@@ -110,7 +111,7 @@ def test_resume_from_mid_epoch_checkpoint(tmp_path):
 
 
 def test_mismatched_run_settings_are_refused(trained):
-    from mai.train import TrainError
+    from mai_train.train_cnn import TrainError
 
     root, out = trained
     with pytest.raises(TrainError, match="epochs"):
@@ -166,9 +167,9 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_an_architecture_brings_its_own_spec(tmp_path):
     """Without a spec, a run uses its architecture's; the artifact and its ONNX export carry it."""
     pytest.importorskip("onnx")
-    from export.onnx_export import export_onnx
-    from mai.models.resnet import PREPROCESS
     from mai.session import open_model
+    from mai_train.export import export_onnx
+    from mai_train.models.resnet import PREPROCESS
 
     root = make_folder(tmp_path / "d", n=8)
     out = train_cnn(TrainConfig(data=str(root), out=str(tmp_path / "r"), arch="mai_resnet_tiny", epochs=1,

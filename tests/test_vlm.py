@@ -47,7 +47,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def adapter(base: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An adapter trained through the command line: 2 epochs of 7 steps on 28 images."""
-    from mai.cli import cli
+    from mai_train.cli import cli
 
     out = tmp_path_factory.mktemp("vlmrun") / "lora"
     r = CliRunner().invoke(cli, ["train", "vlm", "--base", str(base), "--data", str(data), "--out", str(out),
@@ -101,7 +101,7 @@ def test_lora_steps_lower_the_answer_loss(base: Path) -> None:
     import torch
 
     from mai.vlm.load import load_base
-    from mai.vlm.train import VLMTrainConfig, attach_lora
+    from mai_train.vlm.train import VLMTrainConfig, attach_lora
 
     backend = load_base(base, device="cpu")
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def test_lora_steps_lower_the_answer_loss(base: Path) -> None:
 
 def test_unknown_target_modules_are_a_clear_error(base: Path) -> None:
     from mai.vlm.load import load_base
-    from mai.vlm.train import VLMTrainConfig, attach_lora
+    from mai_train.vlm.train import VLMTrainConfig, attach_lora
 
     backend = load_base(base, device="cpu")
     with pytest.raises(VLMError, match="q_proj"):  # the message lists the real names
@@ -157,7 +157,7 @@ def test_a_cut_run_resumes_and_ends_as_the_uncut_one(base: Path, data: Path, tmp
     import torch
     from safetensors.torch import load_file
 
-    from mai.vlm import train as vt
+    from mai_train.vlm import train as vt
 
     def cfg(out: Path) -> vt.VLMTrainConfig:
         return vt.VLMTrainConfig(base=str(base), data=str(data), out=str(out), epochs=2, batch_size=4, grad_accum=1,
@@ -205,7 +205,7 @@ def test_adapter_reload_gives_identical_scores(adapter: Path, data: Path) -> Non
 
 
 def test_mai_eval_reads_a_vlm_adapter(adapter: Path, data: Path) -> None:
-    from mai.cli import cli
+    from mai_train.cli import cli
 
     r = CliRunner().invoke(cli, ["eval", "--model", str(adapter), "--data", str(data), "--split", "val", "--json"])
     assert r.exit_code == 0, r.output + repr(r.exception)
@@ -315,8 +315,8 @@ def test_bare_names_resolve_in_the_models_folder(base: Path, tmp_path: Path, mon
 
 
 def test_pairs_with_a_stand_in_generator(scorer: VLMScorer, tmp_path: Path) -> None:
-    from mai.data import is_val, open_dataset
-    from mai.vlm.pair import DiffusersGenerator, make_pairs
+    from mai_train.data import is_val, open_dataset
+    from mai_train.vlm.pair import DiffusersGenerator, make_pairs
 
     real = tmp_path / "photos"
     (real / "sub").mkdir(parents=True)
@@ -349,7 +349,7 @@ def test_pairs_with_a_stand_in_generator(scorer: VLMScorer, tmp_path: Path) -> N
     assert len(gen.calls) == 5
     with pytest.raises(VLMError, match="huggingface-cli download"):
         DiffusersGenerator(tmp_path / "no-such-generator")
-    from mai.cli import cli
+    from mai_train.cli import cli
 
     r = CliRunner().invoke(cli, ["data", "pair", "--real", str(real), "--out", str(tmp_path / "p2"), "--vlm",
                                  str(scorer.base_path), "--generator", str(tmp_path / "sdxl-turbo")])

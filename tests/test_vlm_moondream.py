@@ -123,7 +123,7 @@ def test_refused_without_trust_remote_code(fake_moondream: Path) -> None:
 def test_scores_and_lora_with_trust_remote_code(fake_moondream: Path) -> None:
     import torch
 
-    from mai.vlm.train import VLMTrainConfig, attach_lora
+    from mai_train.vlm.train import VLMTrainConfig, attach_lora
 
     s = VLMScorer(fake_moondream, trust_remote_code=True, device="cpu")
     b = s.backend

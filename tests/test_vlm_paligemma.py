@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 def test_paligemma_scores_and_trains(tmp_path: Path) -> None:
     import torch
 
-    from mai.vlm.train import VLMTrainConfig, attach_lora
+    from mai_train.vlm.train import VLMTrainConfig, attach_lora
 
     s = VLMScorer(make_tiny_paligemma(tmp_path / "tiny-paligemma"), device="cpu")
     b = s.backend

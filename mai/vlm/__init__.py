@@ -4,7 +4,7 @@ One interface, `VLMScorer(base_dir, adapter=None).score(images) -> [P(Yes)]`:
 the probability of the answer "Yes" against "No", read from the model's own
 next-token logits after the question (a softmax over those two tokens' logits).
 Bases load from local folders only (`mai.vlm.load`); a LoRA adapter trained by
-`mai train vlm` (`mai.vlm.train`) is a folder with peft's `adapter_config.json`
+`mai train vlm` (`mai_train.vlm.train`) is a folder with peft's `adapter_config.json`
 and `adapter_model.safetensors` beside a `mai.json` of schema `mai.vlm/1`.
 
 This module imports no torch, transformers or peft: they load when a scorer is

@@ -13,7 +13,7 @@ bias): both images of a pair get the same size and the same encoding (JPEG at
 quality 90 by default, or PNG), so neither format nor size tells them apart.
 Both rows carry the generator's name as their source (one family, both
 classes, as GenImage does), and the twins' names are chosen so both fall on the
-same side of the hash split (`mai.data.is_val`): validation never holds the
+same side of the hash split (`mai_train.data.is_val`): validation never holds the
 twin of a training image.
 
 A re-run continues: pairs already listed in pairs.jsonl are skipped.
@@ -33,8 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image, ImageOps
 
-from mai.data import IMAGE_SUFFIXES, is_val
 from mai.vlm import VLMError
+from mai_train.data import IMAGE_SUFFIXES, is_val
 
 CAPTION_PROMPT = "Describe this image in one sentence."
 

@@ -1,9 +1,9 @@
 """The model registry: architectures register by name, callers create by name.
 
 Registering needs the architecture's module imported, and those import torch, so
-this module keeps only names; `mai.models` imports the architectures. New
+this module keeps only names; `mai_train.models` imports the architectures. New
 architectures join by decorating a factory with `@register_model` in a module
-listed in `mai.models`; no caller changes.
+listed in `mai_train.models`; no caller changes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load_architectures() -> None:
-    import mai.models  # noqa: F401  (registers the architectures)
+    import mai_train.models  # noqa: F401  (registers the architectures)
 
 
 def list_models() -> list[str]:

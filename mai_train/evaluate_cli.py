@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from mai.artifact import load_artifact, load_torch_model
-from mai.data import FAKE, DataSet, Item, open_dataset
+from mai.artifact import load_artifact
 from mai.errors import MaiError
-from mai.evaluate import Scored, jpeg_reencoder, map_items, report, score_items
 from mai.torch_host import torch_device
+from mai_train.checkpoint import load_torch_model
+from mai_train.data import FAKE, DataSet, Item, open_dataset
+from mai_train.evaluate import Scored, jpeg_reencoder, map_items, report, score_items
 
 
 def require_torch(what: str) -> None:
@@ -81,7 +82,7 @@ def print_report(rep: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mai.ui import stderr_console
+    from mai.console import stderr_console
 
     out = Console(no_color=stderr_console().no_color, highlight=False)
     jq = f", re-encoded as JPEG q{rep['jpeg_quality']}" if rep.get("jpeg_quality") else ""

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mai.models.cnn import Normalise
-from mai.models.resnet import Block
 from mai.preprocess import PreprocessSpec, Step
-from mai.registry import register_model
+from mai_train.models.cnn import Normalise
+from mai_train.models.resnet import Block
+from mai_train.registry import register_model
 
 PREPROCESS = PreprocessSpec(steps=(Step((224, 224), "bicubic"),), fit="crop")
 

@@ -20,15 +20,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mai import metrics
-from mai.artifact import save_artifact, versions
-from mai.checkpoint import STATE_NAME, load_state
-from mai.checkpoint import save_state as _atomic_save
-from mai.data import DataSet, open_dataset
 from mai.errors import MaiError
-from mai.evaluate import calibrate, decode_item, jpeg_reencoder, score_items
 from mai.preprocess import PreprocessSpec
 from mai.torch_host import hardware, torch_device
+from mai_train import metrics
+from mai_train.checkpoint import STATE_NAME, load_state, save_artifact, versions
+from mai_train.checkpoint import save_state as _atomic_save
+from mai_train.data import DataSet, open_dataset
+from mai_train.evaluate import calibrate, decode_item, jpeg_reencoder, score_items
 
 OPTIMIZERS = ("rmsprop", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -95,7 +94,7 @@ class TrainConfig:
     target_fpr: float | None = None
     band_precision: float = 0.98
     augment: Augment = field(default_factory=Augment)
-    spec: dict[str, Any] | None = None  # default: the architecture's (mai.registry.default_spec)
+    spec: dict[str, Any] | None = None  # default: the architecture's (mai_train.registry.default_spec)
 
 
 class TrainError(MaiError, RuntimeError):
@@ -188,8 +187,8 @@ def train_cnn(cfg: TrainConfig, log: Any = None) -> Path:
     import torch
     from torch.utils.data import DataLoader
 
-    from mai.registry import create_model, default_spec
-    from mai.ui import TrainDisplay
+    from mai_train.display import TrainDisplay
+    from mai_train.registry import create_model, default_spec
 
     if cfg.spec is None:
         cfg.spec = default_spec(cfg.arch).to_dict()
@@ -319,7 +318,7 @@ def finalise(cfg: TrainConfig, out: Path, ds: DataSet, val_items: list, spec: Pr
              history: list, best: dict[str, Any] | None, bad_total: int, wall: float, device: str,
              log: Any = None) -> Path:
     """Calibrate the best epoch on validation data and write the artifact."""
-    from mai.registry import create_model
+    from mai_train.registry import create_model
 
     if best is None:
         raise TrainError("no epoch finished; nothing to save")

@@ -17,7 +17,7 @@ only (per family: `Backend.default_targets`, overridable with
   bfloat16 is missing), and gradient checkpointing.
 - After each epoch the validation split (the data's hash split) is scored with
   P(Yes); the epoch with the best ROC-AUC is kept, and its validation scores
-  calibrate the threshold and the uncertainty band (`mai.metrics`).
+  calibrate the threshold and the uncertainty band (`mai_train.metrics`).
 
 The adapter folder holds peft's `adapter_config.json` and
 `adapter_model.safetensors` (`save_pretrained`) and `mai.json` (schema
@@ -44,14 +44,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mai import metrics
 from mai.artifact import sha256_file
-from mai.checkpoint import STATE_NAME, load_state
-from mai.checkpoint import save_state as _save_state
-from mai.data import FAKE, REAL, SPLIT_RULE, Item, open_dataset
 from mai.errors import MaiError
 from mai.torch_host import hardware, torch_device
 from mai.vlm import ANSWER_NO, ANSWER_YES, META_NAME, QUESTION, SCHEMA, VLMError
+from mai_train import metrics
+from mai_train.checkpoint import STATE_NAME, load_state
+from mai_train.checkpoint import save_state as _save_state
+from mai_train.data import FAKE, REAL, SPLIT_RULE, Item, open_dataset
 
 VAL_SCORES = "val_scores.csv"
 
@@ -126,7 +126,7 @@ def lr_at(cfg: VLMTrainConfig, step: int, total: int, warmup: int) -> float:
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from mai.artifact import versions
+    from mai_train.checkpoint import versions
 
     out = versions()
     for pkg in ("transformers", "peft", "tokenizers", "accelerate"):
@@ -159,11 +159,11 @@ def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     require_vlm_extra("mai train vlm")
     import torch
 
-    from mai.evaluate import calibrate
-    from mai.ui import TrainDisplay
-    from mai.vlm.evaluate import score_items
     from mai.vlm.images import open_image
     from mai.vlm.load import base_identity, check_base, load_base
+    from mai_train.display import TrainDisplay
+    from mai_train.evaluate import calibrate
+    from mai_train.vlm.evaluate import score_items
 
     out = Path(cfg.out)
     if (out / META_NAME).exists():

@@ -1,6 +1,6 @@
 """Scoring labelled data with a VLM, and `mai eval` for a VLM adapter.
 
-The report has the same shape as the CNN's (`mai.evaluate.report`): accuracy,
+The report has the same shape as the CNN's (`mai_train.evaluate.report`): accuracy,
 balanced accuracy, ROC-AUC, AP, TPR/FPR at the adapter's stored threshold, the
 per-source table and the share of images inside its uncertainty band.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from mai.data import DataSet, Item
-from mai.evaluate import Scored
+from mai_train.data import DataSet, Item
+from mai_train.evaluate import Scored
 
 
 def score_items(p_yes: Callable[[list[Any]], list[float]], ds: DataSet, items: Sequence[Item],
@@ -63,9 +63,9 @@ def run_vlm_eval(adapter: str, data: str, split: str = "all", limit: int | None 
                  device: str = "auto", base: str | None = None, trust_remote_code: bool = False,
                  jpeg_quality: int | None = None) -> dict[str, Any]:
     """`mai eval` for a VLM adapter folder: the same report as for a CNN."""
-    from mai.data import open_dataset
-    from mai.evaluate import jpeg_reencoder, report
     from mai.vlm import VLMScorer
+    from mai_train.data import open_dataset
+    from mai_train.evaluate import jpeg_reencoder, report
 
     scorer = VLMScorer(base, adapter, trust_remote_code=trust_remote_code, device=device, batch_size=batch_size)
     ds = open_dataset(data)

@@ -1,17 +1,12 @@
-"""Progress display on stderr: Rich when stderr is a terminal, plain lines otherwise."""
+"""Training progress on stderr: Rich when stderr is a terminal, plain lines otherwise."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
 
-
-def stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+from mai.console import stderr_console
 
 
 class TrainDisplay:

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from mai.artifact import Artifact, load_artifact, load_torch_model, onnx_metadata
+from mai.artifact import Artifact, load_artifact, onnx_metadata
 from mai.errors import MaiError
 from mai.preprocess import prepare
+from mai_train.checkpoint import load_torch_model
 
 OPSET = 20
 PRECISIONS = ("fp32", "fp16")
@@ -113,7 +114,7 @@ def export_onnx(model_path: str | os.PathLike[str] | None = None, precisions: tu
     if art.meta["architecture"]["name"] == "probe":
         # A probe's ONNX file is its head (the backbone is found at run time): fp32 only,
         # proven against the numpy head, no torch involved.
-        from mai.train_probe import export_probe
+        from mai_train.train_probe import export_probe
 
         if precisions != ("fp32",):
             raise ExportError("a probe's head exports as fp32 only (its backbone runs in fp32 too); "

@@ -5,7 +5,7 @@ the app folder (`$MAI_HOME/features/`), so trying another feature, view or
 regularisation costs seconds. The regularisation strength is chosen on the
 validation split by ROC-AUC; the threshold and the uncertainty band are then
 calibrated on the same split by the rule every MAI detector uses
-(`mai.evaluate.calibrate`). The run folder becomes a model artifact: `mai.json`,
+(`mai_train.evaluate.calibrate`). The run folder becomes a model artifact: `mai.json`,
 the head's weights in `model.safetensors`, and the head as `model.fp32.onnx`,
 proven equal to the numpy head before it is renamed into place.
 """
@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from mai.appdir import app_dir
-from mai.artifact import SCHEMA, WEIGHTS_NAME, Artifact, load_artifact, onnx_metadata, sha256_file, versions
+from mai.artifact import SCHEMA, WEIGHTS_NAME, Artifact, load_artifact, onnx_metadata, sha256_file
 from mai.backbone import FEATURES, Backbone, feature_graph, get_backbone
-from mai.data import DataSet, Item, open_dataset
 from mai.errors import MaiError
-from mai.evaluate import Scored, calibrate
 from mai.preprocess import PreprocessSpec, Step
-from mai.probe import Features, Head, extract, fit_logistic, head_onnx
+from mai_train.checkpoint import versions
+from mai_train.data import DataSet, Item, open_dataset
+from mai_train.evaluate import Scored, calibrate
+from mai_train.probe import Features, Head, extract, fit_logistic, head_onnx
 
 VIEWS = ("crop", "center_crop")  # native 224 centre crop, or the whole image resized (CLIP's own recipe)
 L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
@@ -77,7 +78,7 @@ def feature_session(bb: Backbone, threads: int | None = None) -> Any:
 
 def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: PreprocessSpec, threads: int | None,
                     batch_size: int, log: Any = None) -> Features:
-    """`mai.probe.extract`, cached by backbone, spec, data and items."""
+    """`mai_train.probe.extract`, cached by backbone, spec, data and items."""
     key = hashlib.sha256(json.dumps(
         [bb.sha256, spec.to_json(), ds.fingerprint(), [it.relpath for it in items], ""]).encode()).hexdigest()
     path = app_dir() / "features" / f"{key[:24]}.npz"
@@ -125,7 +126,7 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
     va = cached_features(bb, ds, val_items, spec, cfg.threads, cfg.batch_size, log=say)
     if len(set(va.labels.tolist())) < 2:
         raise ProbeError(f"{cfg.data}: the validation split holds one class only; it cannot calibrate")
-    from mai import metrics
+    from mai_train import metrics
 
     tried = []
     for l2 in cfg.l2:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mai.registry import register_model
+from mai_train.registry import register_model
 
 
 class Normalise(nn.Module):

@@ -1,3 +1,3 @@
 """Architectures (torch). Importing this package registers them all."""
 
-from mai.models import cnn, npr, resnet  # noqa: F401
+from mai_train.models import cnn, npr, resnet  # noqa: F401

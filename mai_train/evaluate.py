@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mai import metrics
-from mai.data import DataSet, Item
 from mai.preprocess import PreprocessSpec, prepare
+from mai_train import metrics
+from mai_train.data import DataSet, Item
 
 #: Pillow refuses images above this many pixels (a decompression-bomb guard that
 #: raises, rather than Pillow's default warning).

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mai.models.cnn import Normalise
 from mai.preprocess import PreprocessSpec, Step
-from mai.registry import register_model
+from mai_train.models.cnn import Normalise
+from mai_train.registry import register_model
 
 PREPROCESS = PreprocessSpec(steps=(Step((32, 32), "box"),))
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mai.data import DataSet, Item
-from mai.evaluate import Features, map_items
 from mai.preprocess import PreprocessSpec
+from mai_train.data import DataSet, Item
+from mai_train.evaluate import Features, map_items
 
 
 def extract(session: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec, batch_size: int = 16,
