@@ -106,35 +106,63 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_artifact(path: str | os.PathLike[str] | None = None) -> Artifact:
-    """Read an artifact's metadata (no weights, no torch). None means the default;
-    a bare name, a shipped model (`model_dir`)."""
-    p = model_dir(path)
-    if p.is_file() and p.name == META_NAME:
-        p = p.parent
-    meta_path = p / META_NAME
-    if not p.exists():
-        raise ArtifactError(f"model not found: {p}")
+@dataclass(frozen=True)
+class CardKind:
+    """One kind of model folder: the schema its `mai.json` has, the keys it must
+    hold, and how an error names it and says how to remake it."""
+
+    schema: str
+    required: tuple[str, ...]
+    what: str
+    remake: str
+    error: type[MaiError]
+
+
+MODEL_CARD = CardKind(SCHEMA, ("model_id", "architecture", "preprocess", "threshold"),
+                      "a MAI model folder", "re-create it with `mai train`", ArtifactError)
+#: The schema of each kind, and where a folder of that kind goes instead.
+_KINDS = {SCHEMA: "a model: give it to --model", "mai.vlm/1": "a VLM adapter: give it to --vlm-adapter"}
+
+
+def card_folder(path: str | os.PathLike[str]) -> Path:
+    """The folder a path names: the folder itself, or the one its mai.json lies in."""
+    p = Path(path)
+    return p.parent if p.is_file() and p.name == META_NAME else p
+
+
+def read_card(folder: Path, kind: CardKind, hint: str = "") -> dict[str, Any]:
+    """The one reader of every model folder's `mai.json` (detectors and VLM
+    adapters): parsed, of `kind`'s schema, with its required keys, or `kind.error`
+    saying what is wrong and what to do. `hint` follows the "no mai.json" error."""
+    meta_path = folder / META_NAME
     if not meta_path.is_file():
-        hint = " (an .onnx file goes to mai-scan --model)" if p.suffix == ".onnx" else ""
-        raise ArtifactError(f"{p} is not a MAI model folder: it has no {META_NAME}{hint}")
+        raise kind.error(f"{folder} is not {kind.what}: it has no {META_NAME}{hint}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{meta_path} is not readable JSON: {e}") from e
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        raise ArtifactError(
-            f"{meta_path} has schema {meta.get('schema') if isinstance(meta, dict) else None!r}, "
-            f"this MAI reads {SCHEMA!r}"
-        )
-    for key in ("model_id", "architecture", "preprocess", "threshold"):
+        raise kind.error(f"{meta_path} is not readable JSON: {e}") from e
+    got = meta.get("schema") if isinstance(meta, dict) else None
+    if got != kind.schema:
+        elsewhere = f" (this is {_KINDS[got]})" if got in _KINDS else ""
+        raise kind.error(f"{meta_path} has schema {got!r}; {kind.what} has {kind.schema!r}{elsewhere}")
+    for key in kind.required:
         if key not in meta:
-            raise ArtifactError(f"{meta_path} lacks {key!r}; re-create it with `mai train`")
-    art = Artifact(p, meta)
+            raise kind.error(f"{meta_path} lacks {key!r}; {kind.remake}")
+    return meta
+
+
+def load_artifact(path: str | os.PathLike[str] | None = None) -> Artifact:
+    """Read an artifact's metadata (no weights, no torch). None means the default;
+    a bare name, a shipped model (`model_dir`)."""
+    p = card_folder(model_dir(path))
+    if not p.exists():
+        raise ArtifactError(f"model not found: {p}")
+    hint = " (an .onnx file goes to mai-scan --model)" if p.suffix == ".onnx" else ""
+    art = Artifact(p, read_card(p, MODEL_CARD, hint))
     try:
         _ = art.spec  # parse it now, so a bad spec fails at load
     except SpecError as e:
-        raise ArtifactError(f"{meta_path}: {e}") from e
+        raise ArtifactError(f"{p / META_NAME}: {e}") from e
     return art
 
 

@@ -13,17 +13,16 @@ built, so the scanner's command line stays light.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from mai.artifact import CardKind, card_folder, read_card, sha256_file
 from mai.errors import MaiError
 
 QUESTION = "Is this image AI-generated?"
 ANSWER_YES, ANSWER_NO = "Yes.", "No."
 SCHEMA = "mai.vlm/1"
-META_NAME = "mai.json"
 ADAPTER_CONFIG = "adapter_config.json"
 #: Longest side of the image handed to a VLM's processor (SmolVLM's own limit is
 #: 4 x 512 = 2048 with image splitting; moondream resizes to 378).
@@ -34,43 +33,29 @@ class VLMError(MaiError, ValueError):
     """A VLM base, adapter or option that cannot be used; the message says why and what to do."""
 
 
+ADAPTER_CARD = CardKind(SCHEMA, ("model_id", "base", "question", "threshold", "answer_token_ids"),
+                        "a MAI VLM adapter", "re-create the adapter with `mai train vlm`", VLMError)
+
+
 def is_vlm_adapter(path: str | os.PathLike[str] | None) -> bool:
     """Whether `path` is a VLM adapter folder (its mai.json has schema mai.vlm/1). Torch-free."""
     if path is None:
         return False
-    p = Path(path)
-    if p.is_file() and p.name == META_NAME:
-        p = p.parent
     try:
-        meta = json.loads((p / META_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        read_card(card_folder(path), ADAPTER_CARD)
+    except VLMError:
         return False
-    return isinstance(meta, dict) and meta.get("schema") == SCHEMA
+    return True
 
 
 def read_adapter_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The adapter's mai.json, checked. Raises `VLMError` with what to do."""
-    p = Path(path)
-    if p.is_file() and p.name == META_NAME:
-        p = p.parent
+    p = card_folder(path)
     if not p.is_dir():
         raise VLMError(f"VLM adapter folder not found: {p}; train one with `mai train vlm --out {p}`")
-    mp = p / META_NAME
-    if not mp.is_file():
-        hint = " (a peft adapter without MAI's calibration: train it with `mai train vlm`)" \
-            if (p / ADAPTER_CONFIG).is_file() else ""
-        raise VLMError(f"{p} is not a MAI VLM adapter: it has no {META_NAME}{hint}")
-    try:
-        meta = json.loads(mp.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VLMError(f"{mp} is not readable JSON: {e}") from e
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        got = meta.get("schema") if isinstance(meta, dict) else None
-        raise VLMError(f"{mp} has schema {got!r}; a VLM adapter has {SCHEMA!r}"
-                       + (" (this is a CNN model: give it to --model)" if got == "mai.model/1" else ""))
-    for key in ("model_id", "base", "question", "threshold", "answer_token_ids"):
-        if key not in meta:
-            raise VLMError(f"{mp} lacks {key!r}; re-create the adapter with `mai train vlm`")
+    hint = " (a peft adapter without MAI's calibration: train it with `mai train vlm`)" \
+        if (p / ADAPTER_CONFIG).is_file() else ""
+    meta = read_card(p, ADAPTER_CARD, hint)
     if not (p / ADAPTER_CONFIG).is_file():
         raise VLMError(f"{p} has no {ADAPTER_CONFIG}: the adapter weights are missing; re-train it")
     return meta
@@ -128,9 +113,7 @@ class VLMScorer:
     def model_id(self) -> str:
         if self.meta is not None:
             return str(self.meta["model_id"])
-        from mai.vlm.load import _sha256
-
-        return f"{self.base_path.name}@{_sha256(self.base_path / 'config.json')[:8]}"
+        return f"{self.base_path.name}@{sha256_file(self.base_path / 'config.json')[:8]}"
 
     @property
     def threshold(self) -> float:
@@ -170,10 +153,8 @@ class VLMScorer:
 
 
 def _check_base_matches(meta: dict[str, Any], path: Path, cfg: dict[str, Any], adapter: Any) -> None:
-    from mai.vlm.load import _sha256
-
     want = meta["base"].get("config_sha256")
-    got = _sha256(path / "config.json")
+    got = sha256_file(path / "config.json")
     if want and want != got:
         raise VLMError(f"{adapter} was trained on the base {meta['base'].get('name')!r} "
                        f"(config sha256 {want[:12]}), but {path} has config sha256 {got[:12]}: "

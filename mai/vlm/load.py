@@ -40,7 +40,6 @@ every row; position ids count only real tokens (families that take them).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -49,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mai.artifact import sha256_file
 from mai.torch_host import torch_device
 from mai.vlm import QUESTION, VLMError
 
@@ -176,17 +176,13 @@ def check_base(base: str | os.PathLike[str], trust_remote_code: bool = False) ->
     return p, cfg
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def base_identity(p: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """What names a base: folder name, model type, a hash of its config.json, and
     the Hub commit when the folder came from `huggingface-cli download --local-dir`."""
     ident: dict[str, Any] = {
         "name": p.name, "path": str(p.resolve()), "family": family_of(cfg),
         "model_type": cfg.get("model_type"), "architectures": cfg.get("architectures"),
-        "config_sha256": _sha256(p / "config.json"), "remote_code": needs_remote_code(cfg),
+        "config_sha256": sha256_file(p / "config.json"), "remote_code": needs_remote_code(cfg),
     }
     meta = p / ".cache" / "huggingface" / "download" / "config.json.metadata"
     try:

@@ -44,10 +44,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mai.artifact import sha256_file
+from mai.artifact import META_NAME, sha256_file
 from mai.errors import MaiError
 from mai.torch_host import hardware, torch_device
-from mai.vlm import ANSWER_NO, ANSWER_YES, META_NAME, QUESTION, SCHEMA, VLMError
+from mai.vlm import ANSWER_NO, ANSWER_YES, QUESTION, SCHEMA, VLMError
 from mai_train import metrics
 from mai_train.checkpoint import STATE_NAME, load_state
 from mai_train.checkpoint import save_state as _save_state
