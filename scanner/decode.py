@@ -27,7 +27,7 @@ from PIL import Image
 
 from mai.preprocess import PreprocessSpec, draft_size, prepare
 from mai.provenance import read_provenance
-from scanner.walk import HEAD_BYTES, avif_available, heif_available, sniff
+from scanner.formats import HEAD_BYTES, heif_available, missing_codec, sniff
 
 #: Default pixel limit: 180 MP, twice Pillow's own warning level. A 150 MP
 #: medium-format frame passes; a decompression bomb (a small file whose header
@@ -129,10 +129,8 @@ def decode_file(path: str, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_P
         facts["format"] = fmt
         if gpu and fmt != "JPEG":
             return Decoded(path, None, facts, cpu=fmt)
-        if fmt == "AVIF" and not avif_available():
-            return _err(path, "unsupported", "AVIF image: this Pillow has no AVIF codec (upgrade Pillow)", facts)
-        if fmt == "HEIF" and not heif_available():
-            return _err(path, "unsupported", "HEIF/HEIC image: install pillow-heif to scan it", facts)
+        if (why := missing_codec(fmt)) is not None:
+            return _err(path, "unsupported", why, facts)
         try:
             return _decode_open(path, f, fmt, spec, max_pixels, draft, facts, gpu)
         except MemoryError:

@@ -12,9 +12,9 @@ from PIL import Image
 from test_scan_support import bad_files, encode, good_files, photo, png_header_only
 
 from mai.preprocess import CIFAKE_SPEC, PreprocessSpec, Step, prepare
-from scanner import decode
+from scanner import decode, formats
 from scanner.decode import configure_pillow, decode_file
-from scanner.walk import sniff
+from scanner.formats import sniff
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,7 @@ def test_unreadable_file_for_real(tmp_path: Path) -> None:
 
 
 def test_heif_without_decoder_is_unsupported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(decode, "heif_available", lambda: False)  # as where pillow-heif is missing
+    monkeypatch.setattr(formats, "heif_available", lambda: False)  # as where pillow-heif is missing
     p = tmp_path / "x.heic"
     p.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
     d = decode_file(str(p), CIFAKE_SPEC)

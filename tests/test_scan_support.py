@@ -91,7 +91,7 @@ def good_files() -> dict[str, tuple[bytes, str, tuple[int, int]]]:
         "ünïcødé 猫.png": (encode(rgb, "PNG"), "PNG", (64, 48)),
         "new\nline.png": (encode(rgb, "PNG"), "PNG", (64, 48)),
     }
-    from scanner.walk import avif_available
+    from scanner.formats import avif_available
 
     if avif_available():
         files["photo.avif"] = (encode(rgb, "AVIF"), "AVIF", (64, 48))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from test_scan_support import encode, photo
 
+from scanner import formats
 from scanner import walk as walk_mod
 from scanner.walk import Entry, WalkError, WalkOptions, walk
 
@@ -138,10 +139,10 @@ def test_non_utf8_names(tmp_path: Path) -> None:
 
 
 def test_extensions_follow_decoders(monkeypatch: pytest.MonkeyPatch) -> None:
-    exts = walk_mod.image_extensions()
+    exts = formats.image_extensions()
     assert {".jpg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp"} <= exts
-    assert (".avif" in exts) == walk_mod.avif_available()
-    assert (".heic" in exts) == walk_mod.heif_available()
+    assert (".avif" in exts) == formats.avif_available()
+    assert (".heic" in exts) == formats.heif_available()
 
 
 def test_huge_folders_stream_and_trailing_slash_globs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
