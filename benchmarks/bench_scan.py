@@ -253,7 +253,7 @@ def mai_scan(folder: Path, model_path: str, workers: int, batch_size: int, extra
 
 def draft_effect(files: list[str], model_path: str, limit: int = 50) -> tuple[float, float, int]:
     from mai.session import open_model
-    from scanner.pipeline import score_batch
+    from scanner.engine import score_batch
 
     model = open_model(model_path, "cpu")
     jpgs = [f for f in files if f.endswith(".jpg")][:limit]

@@ -1,29 +1,22 @@
 """`mai-scan`: the batch scanner's command line.
 
 Imports here stay light (click only) so `mai-scan --help` is instant; the
-pipeline, NumPy, ONNX Runtime and Rich load when a scan starts.
+engine, NumPy, ONNX Runtime and Rich load when a scan starts. The flags become
+an engine (`scanner.engine`), a decision rule and a `scanner.job.ScanJob`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 import click
 
 from mai.console import run_main
 from mai.errors import MaiError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_ERRORS, EXIT_FAIL_ON, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 4, 130, 141
-
-
-class ScanError(MaiError):
-    """A usage or input problem found before scanning (exit status 2)."""
 
 
 def _band(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
@@ -160,32 +153,12 @@ def cli(**kw: Any) -> None:
     sys.exit(scan(**kw))
 
 
-def _roots(paths: tuple[str, ...], examples: bool) -> list[str]:
-    roots = list(paths)
-    if examples:
-        from importlib import resources
-
-        ex = str(resources.files("mai.examples"))
-        if not os.path.isdir(ex):
-            raise ScanError(f"the bundled examples are not a folder on disk here ({ex}); reinstall MAI unzipped")
-        roots.append(ex)
-    if not roots:
-        raise ScanError("nothing to scan: give one or more PATHs (folders or files), or --examples")
-    from scanner.records import display_path
-
-    for r in roots:
-        if not os.path.lexists(r):
-            raise ScanError(f"{display_path(r)}: no such file or folder")
-        if not os.path.exists(r):
-            raise ScanError(f"{display_path(r)}: a broken symbolic link")
-    return roots
-
-
-def _usable_default(log: Any) -> Any:
+def _usable_default(log: Any) -> str:
     from mai.session import usable_default
+    from scanner.job import ScanError
 
     try:
-        return usable_default(log)
+        return str(usable_default(log))
     except MaiError as e:
         raise ScanError(f"the embedded default model cannot be used ({e}); "
                         "pass --model PATH (a model folder or .onnx file)") from e
@@ -199,177 +172,48 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
          fail_on: tuple[str, ...], quiet: bool, engine: str = "local", ray_address: str | None = None,
          gpus_per_worker: float = 0.0, out_dir: str | None = None, vlm: str | None = None,
          vlm_adapter: str | None = None, trust_remote_code: bool = False, decoder: str = "auto") -> int:
-    """Run one scan; returns the exit status."""
-    roots = _roots(paths, examples)
-    if out_dir is not None:
-        from scanner.shards import check_out_dir
-
-        check_out_dir(out_dir, jsonl, resume)
-    elif resume and (jsonl is None or jsonl == "-"):
-        raise ScanError("--resume needs --jsonl FILE: it continues the records already written there")
-    if jsonl not in (None, "-"):
-        parent = os.path.dirname(os.path.abspath(jsonl))
-        if not os.path.isdir(parent):
-            raise ScanError(f"--jsonl {jsonl}: the folder {parent} does not exist")
-        if os.path.isdir(jsonl):
-            raise ScanError(f"--jsonl {jsonl} is a folder; give a file name")
-    if view == "auto":
-        view = "jsonl" if jsonl == "-" else "none" if jsonl or out_dir else "table" if sys.stdout.isatty() else "plain"
-    elif view == "jsonl" and jsonl not in (None, "-"):
-        raise ScanError("--format jsonl writes JSON Lines to stdout; with --jsonl FILE choose table, plain or none")
-
-    from mai.session import open_model
-    from scanner.records import Decision, display_path, make_record
-    from scanner.sinks import JsonlWriter, PlainView, Progress, Summary, TableView, print_lines, resume_jsonl
-
-    def note(text: str) -> None:
-        if not quiet:
-            print_lines([(text, "dim")])
-
-    if engine != "ray" and (ray_address or gpus_per_worker):
-        raise ScanError("--ray-address and --gpus-per-worker need --engine ray")
-    if model_path is None:  # the default, or its fallback where the default's backbone is missing
-        model_path = str(_usable_default(note))
-    ray_engine = None
-    if engine == "ray":  # Ray is imported only here, and only when a window of files is ready to score
-        from scanner.engine_ray import RayEngine
-
-        ray_engine = RayEngine(model_path, device, threads, address=ray_address, workers=workers,
-                               gpus_per_worker=gpus_per_worker, log=note)
-        model = ray_engine.driver_model(open_model)
-    else:
-        model = open_model(model_path, device, threads or os.cpu_count(), note)
-    decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
-    gpu, cpu_why = _choose_decoder(model, decoder, engine)
-    opinion = _open_vlm(vlm, vlm_adapter, trust_remote_code, device, engine, note)
-    if opinion is not None:
-        import dataclasses
-
-        decision = dataclasses.replace(decision, second_threshold=opinion.threshold)
+    """Run one scan; returns the exit status. The flags become an engine, a
+    decision rule and a `ScanJob`, which does the rest."""
+    import dataclasses
 
     from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow
-    from scanner.pipeline import PipelineOptions, run
-    from scanner.state import ScanState, facts_of
+    from scanner.engine import EngineOptions, open_engine
+    from scanner.job import Outputs, ScanError, ScanJob, scan_roots
+    from scanner.records import Decision
     from scanner.walk import WalkOptions, walk
 
-    summary = Summary()
-    done = None
-    if resume:
-        if out_dir is not None:
-            from scanner.shards import resume_shards
+    roots = scan_roots(paths, examples)
+    outputs = Outputs.check(jsonl, view, out_dir, resume, quiet)
+    if engine != "ray" and (ray_address or gpus_per_worker):
+        raise ScanError("--ray-address and --gpus-per-worker need --engine ray")
+    # The default, or its fallback where the default's backbone is missing.
+    path = model_path if model_path is not None else _usable_default(outputs.note)
+    eng = open_engine(engine, path, device, threads, outputs.note, address=ray_address, workers=workers,
+                      gpus_per_worker=gpus_per_worker)
+    model = eng.open_model()
+    decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
+    gpu, cpu_why = _choose_decoder(model, decoder, engine)
+    opinion = _open_vlm(vlm, vlm_adapter, trust_remote_code, device, engine, outputs.note)
+    if opinion is not None:
+        decision = dataclasses.replace(decision, second_threshold=opinion.threshold)
 
-            found = resume_shards(out_dir, summary)
-        else:
-            found = resume_jsonl(jsonl, summary)
-        others = sorted(found.models - {model.model_id})
-        if others:
-            raise ScanError(f"--resume: {out_dir or jsonl} holds records of {', '.join(others)}, not "
-                            f"{model.model_id}; resume with the same --model, or write to a new file")
-        done = found.paths
-        if found.cut:
-            note(f"resume: cut {found.cut} bytes of an unfinished last record from {out_dir or jsonl}")
-        note(f"resume: {len(done):,} records already in {out_dir or jsonl}")
-    state = None
-    if not no_state:
-        try:
-            vlm_key = f"|vlm={opinion.model_id}" if opinion is not None else ""
-            state = ScanState(model_key=f"{model.model_id}|{model.precision}{vlm_key}", on_error=note)
-        except Exception as e:  # noqa: BLE001 - sqlite3, OS or app-folder errors: the scan works without it
-            note(f"scan state unavailable ({e}); scanning without it")
+    def lines() -> list[str]:
+        return ([opinion.summary_line()] if opinion is not None else []) + (gpu.stats.lines() if gpu else [])
 
-    sinks: list[Any] = []
-    writer = JsonlWriter(jsonl, append=resume) if jsonl else None
-    if writer is not None:
-        sinks.append(writer)
-    shards = None
-    if out_dir is not None:
-        from scanner.shards import ShardWriter
-
-        shards = ShardWriter(out_dir, append=resume, model=model.model_id)
-        sinks.append(shards)
-    if view == "table":
-        sinks.append(TableView())
-    elif view == "plain":
-        sinks.append(PlainView())
-    elif view == "jsonl" and writer is None:
-        sinks.append(JsonlWriter("-"))
-
-    # Rows streaming to the terminal are the progress; otherwise a live line on a
-    # terminal's stderr, or a line every 30 s into a log.
-    rows_on_terminal = view in ("table", "plain") and sys.stdout.isatty()
-    mode = "off" if quiet or rows_on_terminal else "live" if sys.stderr.isatty() else "log"
-    progress = Progress(summary, mode)
-
-    def emit(record: dict[str, Any], entry: Any, cached: bool = False) -> None:
-        # The output first: a crash between the two leaves a record without its
-        # state row (rescored later), never a state row without its record.
-        for s in sinks:
-            s.write(record)
-        summary.add(record, cached)
-        if state is not None and entry is not None and not cached and record["error"] is None:
-            state.put(entry.key, entry.size, entry.mtime_ns, facts_of(record))
-
-    def triage(entry: Any) -> bool:
-        if done is not None and display_path(entry.path) in done:
-            return True
-        if state is not None and not rescan:
-            facts = state.lookup(entry.key, entry.size, entry.mtime_ns)
-            if facts is not None:
-                emit(make_record(entry.path, model=model.model_id, facts=facts, decision=decision), entry, True)
-                return True
-        return False
-
+    state_key = None if no_state else (f"{model.model_id}|{model.precision}"
+                                       + (f"|vlm={opinion.model_id}" if opinion is not None else ""))
+    job = ScanJob(model, decision, outputs, state_key=state_key, rescan=rescan, fail_on=fail_on, lines=lines)
     if workers is None:
         # A few named files decode faster here than a pool starts.
         few_files = len(roots) <= 4 and all(os.path.isfile(r) for r in roots)
         workers = 0 if few_files else os.cpu_count() or 1
-    opts = PipelineOptions(workers=workers, batch_size=batch_size or (256 if gpu is not None else 32),
-                           max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft=not no_draft, gpu=gpu)
-    note(_decode_line(gpu, cpu_why, workers, opts.readers, engine))
+    opts = EngineOptions(workers=workers, batch_size=batch_size or (256 if gpu is not None else 32),
+                         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft=not no_draft, gpu=gpu)
+    outputs.note(_decode_line(gpu, cpu_why, workers, opts.readers, engine))
     configure_pillow()
     walk_opts = WalkOptions(recursive=recursive, hidden=hidden, all_files=all_files,
                             include=tuple(include), exclude=tuple(exclude))
-    status = EXIT_OK
-    try:
-        engine_run = ray_engine.run if ray_engine is not None else run
-        engine_run(walk(roots, walk_opts), model, decision, emit, options=opts, triage=triage, tick=progress.tick,
-                   **({"second_opinion": opinion} if opinion is not None else {}))
-        if shards is not None:
-            shards.finished = True
-    except KeyboardInterrupt:
-        status = EXIT_INTERRUPTED
-    except BrokenPipeError:
-        status = EXIT_PIPE
-        # Later writes (and the interpreter's final flush) must not fail again.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    finally:
-        summary.finished = time.monotonic()
-        progress.stop()
-        if state is not None:
-            state.close()
-        if writer is not None:
-            writer.close()
-        if shards is not None:
-            shards.close()
-    if status == EXIT_PIPE:
-        return status
-    if not quiet:
-        lines = summary.lines(f"model: {model.describe()}", out_dir or (jsonl if jsonl not in (None, "-") else None))
-        if opinion is not None:
-            lines.append((f"  {opinion.summary_line()}", ""))
-        if gpu is not None:
-            lines.extend((f"  {line}", "") for line in gpu.stats.lines())
-        if status == EXIT_INTERRUPTED:
-            how = ("run the same command with --resume to finish" if out_dir or jsonl not in (None, "-")
-                   else "run it again: files already scored come from the scan state")
-            lines.insert(0, (f"mai-scan: interrupted; {how}", "bold yellow"))
-        print_lines(lines)
-    if status:
-        return status
-    if fail_on and any(summary.verdicts[v] for v in fail_on):
-        return EXIT_FAIL_ON
-    return EXIT_ERRORS if summary.errors else EXIT_OK
+    return job.run(eng, walk(roots, walk_opts), opts, second_opinion=opinion)
 
 
 def _choose_decoder(model: Any, decoder: str, engine: str) -> tuple[Any, str | None]:
@@ -380,6 +224,8 @@ def _choose_decoder(model: Any, decoder: str, engine: str) -> tuple[Any, str | N
     try:
         return choose(model, decoder, engine)
     except GpuPathError as e:
+        from scanner.job import ScanError
+
         raise ScanError(str(e)) from None
 
 
@@ -396,6 +242,8 @@ def _open_vlm(vlm: str | None, adapter: str | None, trust_remote_code: bool, dev
               log: Any) -> Any:
     """The VLM second opinion for --vlm, loaded before the scan starts (torch and
     transformers are imported only here, only when --vlm is given)."""
+    from scanner.job import ScanError
+
     if vlm is None:
         if adapter is not None:
             raise ScanError("--vlm-adapter needs --vlm BASE: the base model folder the adapter was trained on")

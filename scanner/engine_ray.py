@@ -10,12 +10,12 @@ Ray is imported only here, and only when a window is ready to score: `mai-scan
 --help`, local scans and rescans where every file is unchanged never import it.
 
 The driver does everything but decoding and inference, exactly as the local
-engine does (this module's `run` has `pipeline.run`'s signature and is called
-with the same `emit` and `triage`): it walks (scanner.walk), skips what
+engine does (`RayEngine` is a `scanner.engine.Engine`: its `run` is called with
+the same `emit` and `triage`): it walks (scanner.walk), skips what
 `--resume` or the scan state says is done, and alone writes the sinks and the
 scan state. Each worker opens the model once (`mai.session.open_model`,
-so a worker given a GPU runs CUDA) and calls the same `pipeline.score_batch`
-as the local pipeline; records are built there, by scanner.records, and travel
+so a worker given a GPU runs CUDA) and calls `scanner.engine.score_batch`, the
+local engine's per-batch work; records are built there, by scanner.records, and travel
 back as their JSON line.
 
 Paths go to Ray in *windows* (`window` paths, default 512 batches per worker,
@@ -74,7 +74,7 @@ import numpy as np
 from mai.errors import MaiError
 from mai.session import stdout_to_stderr
 from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow, decode_chunk
-from scanner.pipeline import WALK_END, Emit, PipelineOptions, feed_walk, route_walked, score_batch
+from scanner.engine import WALK_END, Emit, EngineOptions, feed_walk, route_walked, score_batch
 from scanner.records import Decision, error_record, to_line
 from scanner.walk import Entry, WalkError
 
@@ -174,6 +174,8 @@ class RayEngine:
     Runtime threads, default 1) and `gpus_per_worker` GPUs (a fraction puts
     several workers on one GPU, which helps: each decodes on one core)."""
 
+    name = "ray"
+
     def __init__(self, model_path: str | None, device: str = "auto", threads: int | None = None, *,
                  address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
                  window: int | None = None, log: Callable[[str], None] | None = None) -> None:
@@ -201,17 +203,16 @@ class RayEngine:
 
     # ------------------------------------------------------------------ setup
 
-    def driver_model(self, opener: Callable[..., Any]) -> RayModel:
-        """Open the model in the driver, for its metadata only (on the CPU);
-        `opener(path, device, threads, log)` is the CLI's `open_model` wrapper.
+    def open_model(self) -> RayModel:
+        """Open the model in the driver, for its metadata only (on the CPU).
         Pins the exact .onnx file every worker opens."""
-        from mai.session import SessionError, resolve_onnx
+        from mai.session import SessionError, open_model, resolve_onnx
 
         try:
             f = str(resolve_onnx(self.model_path, "cpu" if self.worker_device == "cpu" else "cuda").resolve())
         except SessionError:
-            f = self.model_path  # the opener says what is wrong, in its words
-        model = opener(f, "cpu", 1, None)
+            f = self.model_path  # open_model says what is wrong, in its words
+        model = open_model(f, "cpu", 1, None)
         self.model_file = str(model.path.resolve())
         self.log(f"model: {model.model_id} {model.precision} ({self.model_file}), scored by Ray workers")
         return RayModel(model, self)
@@ -275,15 +276,15 @@ class RayEngine:
     # ------------------------------------------------------------------ the scan
 
     def run(self, source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit, *,
-            options: PipelineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
+            options: EngineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
             second_opinion: Any = None, tick: Callable[[], None] | None = None) -> None:
-        """As `pipeline.run`: `emit(record, entry)` gets every file's record
+        """As `scanner.engine.Engine.run`: `emit(record, entry)` gets every file's record
         (entry None for walk problems), `triage(entry)` True skips a file."""
         if second_opinion is not None:
             raise MaiError("a second opinion (--vlm) does not run on Ray workers yet; use --engine local")
         if self.model_file is None:
             self.model_file = str(model.path.resolve())
-        opts = options or PipelineOptions()
+        opts = options or EngineOptions()
         q: queue.Queue = queue.Queue(maxsize=opts.queue_size)
         stop = threading.Event()
         walker = threading.Thread(target=feed_walk, args=(source, q, stop), name="mai-scan-walk", daemon=True)
@@ -335,7 +336,7 @@ class RayEngine:
                      f"{self.duplicates} repeated records dropped")
 
     def _score_window(self, entries: list[Entry], model: Any, decision: Decision, emit: Emit,
-                      opts: PipelineOptions, between: Callable[[], None], tick: Callable[[], None] | None) -> None:
+                      opts: EngineOptions, between: Callable[[], None], tick: Callable[[], None] | None) -> None:
         pending: dict[int, Entry] = dict(enumerate(entries))
         first = not self.providers
         try:
@@ -360,7 +361,7 @@ class RayEngine:
                               model=model.model_id, facts={"bytes": e.size}), e)
         pending.clear()
 
-    def _execute(self, pending: dict[int, Entry], decision: Decision, emit: Emit, opts: PipelineOptions,
+    def _execute(self, pending: dict[int, Entry], decision: Decision, emit: Emit, opts: EngineOptions,
                  between: Callable[[], None], tick: Callable[[], None] | None, isolate: bool = False) -> None:
         """One Ray Data execution over the `pending` files; each record that
         comes back is emitted and its file removed from `pending`. `isolate`:

@@ -72,7 +72,7 @@ def test_no_torch_on_the_scanning_path(tmp_path: Path, onnx_model_dir: Path) -> 
     assert "NO-TORCH 0" in r.stderr, r.stderr
     assert len(r.stdout.splitlines()) == 3
     # What the decode workers import (the forkserver preloads scanner.decode):
-    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import scanner.decode, scanner.pipeline"],
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import scanner.decode, scanner.engine_local"],
                        capture_output=True, text=True, env=_env(), check=True)
     assert not re.search(r"\|\s+torch\b", r.stderr)
 

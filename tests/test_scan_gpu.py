@@ -17,7 +17,8 @@ from PIL import Image, ImageOps
 from test_scan_support import encode, make_library, photo, run_cli, scan_env
 
 from scanner.decode import read_chunk
-from scanner.pipeline import PipelineOptions, run
+from scanner.engine import EngineOptions
+from scanner.engine_local import run
 from scanner.records import Decision
 from scanner.walk import walk
 
@@ -56,10 +57,10 @@ def test_gpu_path_gives_the_cpu_paths_records(model: Any, tmp_path: Path) -> Non
         (tmp_path / f"orient{o}.jpg").write_bytes(_jpeg(300, 200, seed=o, orientation=o))
     (tmp_path / "big.jpg").write_bytes(_jpeg(1600, 1200, seed=20))
     (tmp_path / "prog.jpg").write_bytes(_jpeg(640, 480, seed=21, progressive=True))
-    cpu = _collect(tmp_path, model, options=PipelineOptions(workers=0, draft=False))
+    cpu = _collect(tmp_path, model, options=EngineOptions(workers=0, draft=False))
     stage = GpuStage(model.spec, device="cpu")
     assert stage.dtype == torch.float64  # exact resize where float64 is cheap
-    got = _collect(tmp_path, model, options=PipelineOptions(workers=0, gpu=stage, batch_size=8, readers=3))
+    got = _collect(tmp_path, model, options=EngineOptions(workers=0, gpu=stage, batch_size=8, readers=3))
     assert got.keys() == cpu.keys()
     for name in cpu:
         assert got[name] == cpu[name], name
@@ -91,9 +92,9 @@ def test_a_jpeg_the_gpu_refuses_is_decoded_on_the_cpu(model: Any, tmp_path: Path
     (tmp_path / "odd.jpg").write_bytes(_jpeg(120, 90, seed=9, comment=b"refuse-me"))
     stage = GpuStage(model.spec, device="cpu")
     stage.tvio = _Refusing(stage.tvio)
-    got = _collect(tmp_path, model, options=PipelineOptions(workers=0, gpu=stage, batch_size=16, latency_s=5,
+    got = _collect(tmp_path, model, options=EngineOptions(workers=0, gpu=stage, batch_size=16, latency_s=5,
                                                             draft=False))
-    cpu = _collect(tmp_path, model, options=PipelineOptions(workers=0, draft=False))
+    cpu = _collect(tmp_path, model, options=EngineOptions(workers=0, draft=False))
     assert got == cpu  # the refused file is still scored, exactly as the CPU path scores it
     assert stage.tvio.calls[0] == 7 and stage.tvio.calls[1:] == [1] * 7  # batched, then one by one
     assert stage.stats.gpu == 6 and stage.stats.cpu == {"nvJPEG refused it": 1}
@@ -117,7 +118,7 @@ def test_a_second_opinion_gets_the_gpu_paths_arrays(model: Any, tmp_path: Path) 
     out: list[dict] = []
     stage = GpuStage(model.spec, device="cpu")
     run(walk([str(tmp_path)]), model, Decision(0.5, (0.0, 1.0)), lambda r, e: out.append(r),
-        options=PipelineOptions(workers=0, gpu=stage, latency_s=5), second_opinion=Echo())
+        options=EngineOptions(workers=0, gpu=stage, latency_s=5), second_opinion=Echo())
     assert len(seen) == 5 and all(a.shape == (200, 200, 3) and a.dtype == np.uint8 for a in seen)
     assert {r["stage"] for r in out} == {"vlm"}
 
@@ -324,8 +325,8 @@ def test_cuda_gpu_path_agrees_with_the_cpu_path(tmp_path: Path) -> None:
         (tmp_path / f"orient{o}.jpg").write_bytes(_jpeg(1200, 800, seed=o, orientation=o))
     stage, why = choose(m, "gpu")
     assert stage is not None and why is None and "nvJPEG on NVIDIA" in stage.describe()
-    got = _collect(tmp_path, m, options=PipelineOptions(workers=2, gpu=stage, draft=False))
-    cpu = _collect(tmp_path, open_model("mai-cnn-cifake", "cpu", 2), options=PipelineOptions(workers=2, draft=False))
+    got = _collect(tmp_path, m, options=EngineOptions(workers=2, gpu=stage, draft=False))
+    cpu = _collect(tmp_path, open_model("mai-cnn-cifake", "cpu", 2), options=EngineOptions(workers=2, draft=False))
     assert got.keys() == cpu.keys()
     worst = 0.0
     for name, r in cpu.items():

@@ -133,9 +133,8 @@ def test_local_and_ray_give_the_same_records(tmp_path: Path, model_args: list[st
 
 def test_a_dying_worker_loses_no_file_and_writes_none_twice(tmp_path: Path, onnx_model_dir: Path, ray_session,
                                                             capfd) -> None:
-    from mai.session import open_model
+    from scanner.engine import EngineOptions
     from scanner.engine_ray import RayEngine
-    from scanner.pipeline import PipelineOptions
     from scanner.records import Decision
     from scanner.walk import walk
 
@@ -145,11 +144,11 @@ def test_a_dying_worker_loses_no_file_and_writes_none_twice(tmp_path: Path, onnx
     heard: list[str] = []
     engine = RayEngine(str(onnx_model_dir), "cpu", 1, workers=2, log=heard.append)
     engine.task_retries, engine.isolated_retries = 1, 0  # fewer deaths of the crashing file: a faster test
-    model = engine.driver_model(lambda path, device, threads, log: open_model(path, device, threads, log=log))
+    model = engine.open_model()
     got: list[tuple[dict, object]] = []
     engine.run(walk([str(lib)]), model, Decision.make(model.threshold, model.uncertain),
                lambda rec, entry: got.append((rec, entry)),
-               options=PipelineOptions(batch_size=4, decode_fn=crash_decode_chunk))
+               options=EngineOptions(batch_size=4, decode_fn=crash_decode_chunk))
     recs = _by_path([r for r, _ in got])  # each file exactly once
     assert len(recs) == 17 and all(entry is not None for _, entry in got)
     assert (lib / ".died-once").exists()  # the worker really died on img_0007.png ...

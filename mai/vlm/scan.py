@@ -1,6 +1,6 @@
 """The VLM as the scanner's second opinion (`mai-scan --vlm BASE [--vlm-adapter ADAPTER]`).
 
-`VLMOpinion` fits `scanner.pipeline.SecondOpinion`: the pipeline hands it the
+`VLMOpinion` fits `scanner.engine.SecondOpinion`: the engine hands it the
 files of a batch that the CNN left inside its uncertainty band (and metadata
 did not decide), and it returns P(synthetic) = P(Yes) for each, batched
 through `VLMScorer`. The VLM sees the file itself, re-read at up to

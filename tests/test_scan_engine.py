@@ -23,7 +23,8 @@ from test_scan_support import (
     tiny_pngs,
 )
 
-from scanner.pipeline import PipelineOptions, SecondOpinion, run, score_batch
+from scanner.engine import EngineOptions, SecondOpinion, score_batch
+from scanner.engine_local import run
 from scanner.records import Decision
 from scanner.walk import Entry, walk
 
@@ -56,8 +57,8 @@ def test_score_batch_is_a_plain_function(model: Any, tmp_path: Path) -> None:
 def test_pool_and_in_process_agree(model: Any, tmp_path: Path) -> None:
     expect = make_library(tmp_path / "lib")
     d = Decision(0.5)
-    inline = _collect(walk([str(tmp_path / "lib")]), model, d, options=PipelineOptions(workers=0, batch_size=4))
-    pooled = _collect(walk([str(tmp_path / "lib")]), model, d, options=PipelineOptions(workers=2, batch_size=4))
+    inline = _collect(walk([str(tmp_path / "lib")]), model, d, options=EngineOptions(workers=0, batch_size=4))
+    pooled = _collect(walk([str(tmp_path / "lib")]), model, d, options=EngineOptions(workers=2, batch_size=4))
     assert len(inline) == len(pooled) == len(expect)
 
     def key(rs: list[dict]) -> dict:
@@ -95,7 +96,7 @@ def test_results_stream_while_the_walk_goes_on(model: Any, tmp_path: Path) -> No
         out.clear()
         first_record.clear()
         run(slow_walk(), model, Decision(0.5), emit,
-            options=PipelineOptions(workers=workers, batch_size=32, latency_s=0.05))
+            options=EngineOptions(workers=workers, batch_size=32, latency_s=0.05))
         assert waited.pop() is True, f"no record before the walk finished (workers={workers})"
         assert len(out) == 12
 
@@ -120,7 +121,7 @@ def test_second_opinion_gets_only_the_uncertain(model: Any, tmp_path: Path) -> N
     assert isinstance(vlm, SecondOpinion)
     everything_uncertain = Decision(0.5, (0.0, 1.0))
     recs = _collect(walk([str(tmp_path / "lib")]), model, everything_uncertain,
-                    options=PipelineOptions(workers=0, batch_size=16), second_opinion=vlm)
+                    options=EngineOptions(workers=0, batch_size=16), second_opinion=vlm)
     assert len(vlm.calls) == 1 and vlm.calls[0][0] == 6  # batched; the metadata-decided file is not sent
     by = {os.path.basename(r["path"]): r for r in recs}
     assert by["gen.png"]["stage"] == "metadata" and by["gen.png"]["scores"]["vlm"] is None
@@ -128,7 +129,7 @@ def test_second_opinion_gets_only_the_uncertain(model: Any, tmp_path: Path) -> N
     assert (r["verdict"], r["stage"], r["score"]) == ("synthetic", "vlm", 0.9)
     assert r["scores"]["cnn"] is not None
     # Without a second opinion they stay uncertain.
-    recs = _collect(walk([str(tmp_path / "lib")]), model, everything_uncertain, options=PipelineOptions(workers=0))
+    recs = _collect(walk([str(tmp_path / "lib")]), model, everything_uncertain, options=EngineOptions(workers=0))
     assert sorted(r["verdict"] for r in recs) == ["synthetic"] + ["uncertain"] * 6
 
 
@@ -136,7 +137,7 @@ def test_a_file_that_kills_its_worker_is_an_error_record(model: Any, tmp_path: P
     tiny_pngs(tmp_path / "lib", 10)
     for name in ("crash-1.png", "crash-2.png"):  # walked first: before the pool has done anything
         (tmp_path / "lib" / name).write_bytes(encode(photo(), "PNG"))
-    opts = PipelineOptions(workers=2, batch_size=4, chunk_size=3, decode_fn=crashing_decode_chunk)
+    opts = EngineOptions(workers=2, batch_size=4, chunk_size=3, decode_fn=crashing_decode_chunk)
     recs = _collect(walk([str(tmp_path / "lib")]), model, Decision(0.5), options=opts)
     assert len(recs) == 12 and len({r["path"] for r in recs}) == 12
     bad = [r for r in recs if r["verdict"] == "error"]
@@ -156,7 +157,7 @@ def test_interrupt_stops_cleanly(model: Any, tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         run(walk([str(tmp_path / "lib")]), model, Decision(0.5), emit,
-            options=PipelineOptions(workers=2, batch_size=2))
+            options=EngineOptions(workers=2, batch_size=2))
     assert len(seen) == 5 and time.monotonic() - t0 < 30
     assert not [t for t in threading.enumerate() if t.name == "mai-scan-walk" and t.is_alive()]
 
@@ -167,10 +168,10 @@ def test_workers_that_cannot_start_are_a_clear_error(model: Any, tmp_path: Path,
     from multiprocessing import get_context
 
     from mai.errors import MaiError
-    from scanner import pipeline
+    from scanner import engine_local
 
     tiny_pngs(tmp_path, 4)
-    monkeypatch.setattr(pipeline._Pool, "_start", lambda self: ProcessPoolExecutor(
+    monkeypatch.setattr(engine_local._Pool, "_start", lambda self: ProcessPoolExecutor(
         1, mp_context=get_context("spawn"), initializer=failing_init))
     with pytest.raises(MaiError, match="--workers 0"):
-        _collect(walk([str(tmp_path)]), model, Decision(0.5), options=PipelineOptions(workers=1))
+        _collect(walk([str(tmp_path)]), model, Decision(0.5), options=EngineOptions(workers=1))

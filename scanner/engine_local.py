@@ -1,4 +1,4 @@
-"""The scan pipeline: walk -> decode pool -> batches -> ONNX Runtime -> records.
+"""The local engine: walk -> decode pool -> batches -> ONNX Runtime -> records, on this machine.
 
     walk (a thread) --bounded queue--> triage (main) --chunks--> decode workers
         --bounded in-flight futures--> ready list --full batches--> model --> emit
@@ -17,9 +17,8 @@ the whole process pool; the files it held are then retried one at a time in a
 fresh pool, so the one that kills it again gets an error record and the scan
 goes on.
 
-`score_batch(paths, model)` is the same per-batch work as one plain, picklable
-function with no global state, for a distributed engine (Ray Data's
-`map_batches`, DESIGN section 9) to call as is.
+The per-batch work (`describe`) and the walk thread are `scanner.engine`'s,
+shared with the Ray engine.
 """
 
 from __future__ import annotations
@@ -31,130 +30,45 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any
 
 from mai.errors import MaiError
 from mai.preprocess import PreprocessSpec
-from scanner.decode import DEFAULT_MAX_PIXELS, Decoded, decode_chunk, init_worker, read_chunk
-from scanner.records import Decision, error_record, make_record
+from scanner.decode import Decoded, init_worker, read_chunk
+from scanner.engine import WALK_END, Emit, EngineOptions, SecondOpinion, describe, feed_walk, infer_host, route_walked
+from scanner.records import Decision, error_record
 from scanner.walk import Entry, WalkError
 
 
-@runtime_checkable
-class SecondOpinion(Protocol):
-    """A second stage for files in the CNN's uncertainty band (a VLM, later).
+class LocalEngine:
+    """This machine: decode worker processes, the model in this process (`run`)."""
 
-    `score` gets the model-input-size uint8 HWC arrays of one batch's uncertain
-    files and their paths, and returns P(synthetic) for each, in order. A score
-    >= `threshold` makes the verdict `synthetic`, below it `authentic`; the
-    record's stage becomes `vlm`, and both scores are kept.
-    """
+    name = "local"
 
-    name: str
-    threshold: float
+    def __init__(self, model_path: str, device: str, threads: int | None, log: Callable[[str], None]) -> None:
+        self.model_path, self.device, self.threads, self.log = model_path, device, threads, log
 
-    def score(self, images: list[np.ndarray], paths: list[str]) -> list[float]: ...
+    def open_model(self) -> Any:
+        from mai.session import open_model
 
+        return open_model(self.model_path, self.device, self.threads or os.cpu_count(), self.log)
 
-def infer_host(decoded: list[Decoded], model: Any, keep_arrays: bool = True) -> dict[int, float]:
-    """The CPU path's inference: stack the decoded arrays, run the model; {index: P(synthetic)}."""
-    ok = [i for i, d in enumerate(decoded) if d.error is None and d.array is not None]
-    if not ok:
-        return {}
-    _, prob = model.predict(np.stack([decoded[i].array for i in ok]))
-    return {i: float(p) for i, p in zip(ok, prob, strict=True)}
+    def run(self, source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit,
+            **kw: Any) -> None:
+        run(source, model, decision, emit, **kw)
 
-
-#: (decoded, model, keep_arrays) -> {index: P(synthetic)}. An entry left without a
-#: score must have `error` or `cpu` set (the GPU path sets `cpu` on what nvJPEG
-#: refuses); with `keep_arrays`, scored entries must hold their `array`.
-Infer = Callable[[list[Decoded], Any, bool], dict[int, float]]
-
-
-def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
-             second_opinion: SecondOpinion | None = None, infer: Infer = infer_host) -> list[dict[str, Any] | None]:
-    """Infer one batch of decode results and build their records, in order.
-
-    None stands for a file the GPU path's `infer` handed back to the CPU decoder
-    (`Decoded.cpu` set); with the default `infer_host` every file gets a record."""
-    decoded = list(decoded)
-    cnn = infer(decoded, model, second_opinion is not None)
-    ok = sorted(cnn)
-    vlm: dict[int, float] = {}
-    if second_opinion is not None:
-        # Only what the CNN cannot decide, and metadata has not decided, goes on.
-        todo = [i for i in ok if decision.cnn_verdict(cnn[i]) == "uncertain"
-                and not any(s.get("ai") is True for s in decoded[i].facts.get("provenance") or [])]
-        if todo:
-            got = second_opinion.score([decoded[i].array for i in todo], [decoded[i].path for i in todo])
-            if len(got) != len(todo):
-                raise ValueError(f"second opinion {second_opinion.name!r} returned {len(got)} scores for {len(todo)}")
-            vlm = {i: float(p) for i, p in zip(todo, got, strict=True)}
-    out: list[dict[str, Any] | None] = []
-    for i, d in enumerate(decoded):
-        if d.cpu is not None:
-            out.append(None)  # the GPU refused it: the caller decodes it on the CPU
-        elif d.error is not None:
-            out.append(error_record(d.path, d.error[0], d.error[1], model=model.model_id, facts=d.facts))
-        elif i in cnn:
-            facts = {**d.facts, "scores": {"cnn": cnn[i], "vlm": vlm.get(i)}}
-            out.append(make_record(d.path, model=model.model_id, facts=facts, decision=decision))
-        else:  # pragma: no cover - an infer hook that dropped a file is a bug, not a file's fault
-            raise RuntimeError(f"no score and no error for {d.path!r}")
-    return out
-
-
-def default_decision(model: Any) -> Decision:
-    return Decision.make(model.threshold, model.uncertain)
-
-
-def score_batch(paths: Sequence[str], model: Any, decision: Decision | None = None,
-                second_opinion: SecondOpinion | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                draft: bool = True, decode_fn: Callable[..., list[Decoded]] = decode_chunk) -> list[dict[str, Any]]:
-    """Decode, preprocess, infer and describe `paths`: one record each, in order.
-
-    `model` is an opened `mai.session.OnnxModel` (an engine's actor opens it
-    once with `open_model` and calls this per batch). `decode_fn` is the
-    per-chunk decoder, as `PipelineOptions.decode_fn`.
-    """
-    decoded = decode_fn(list(paths), model.spec, max_pixels, draft)
-    return [r for r in describe(decoded, model, decision or default_decision(model), second_opinion)
-            if r is not None]
-
-
-@dataclass
-class PipelineOptions:
-    workers: int = os.cpu_count() or 1  # 0: decode in this process (tests, debugging)
-    batch_size: int = 32
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    draft: bool = True  # JPEG DCT scaling where the model's first step shrinks anyway
-    latency_s: float = 0.25  # longest a decoded file waits for its batch to fill
-    chunk_size: int = 4  # files per task sent to a worker
-    inflight_per_worker: int = 4  # tasks queued per worker: keeps workers busy while the model runs
-    queue_size: int = 4096  # walked entries waiting for decode
-    # The per-chunk decode function, (paths, spec, max_pixels, draft) -> list[Decoded]:
-    # a module-level function, so workers can unpickle it (another decoder plugs in here).
-    decode_fn: Callable[..., list[Decoded]] = decode_chunk
-    # The GPU path (scanner.gpu.GpuStage): reader threads hand JPEG bytes to it;
-    # the worker processes (started when first needed) decode everything else.
-    gpu: Any = None
-    # Reader threads on the GPU path. Each holds whole JPEG files in memory, so
-    # host memory is bounded by (batch_size + readers * inflight_per_worker *
-    # chunk_size) files: about 1 GB of camera JPEGs at the defaults, whatever the scan's size.
-    readers: int = min(16, 2 * (os.cpu_count() or 1))
+    def close(self) -> None:
+        pass
 
 
 class _Pool:
     """The decode workers: a process pool, or this process when workers == 0;
     on the GPU path also the reader threads, and the pool starts when first needed."""
 
-    def __init__(self, workers: int, spec: PreprocessSpec, opts: PipelineOptions) -> None:
+    def __init__(self, workers: int, spec: PreprocessSpec, opts: EngineOptions) -> None:
         self.workers, self.spec, self.opts = workers, spec, opts
         self.ex: ProcessPoolExecutor | None = None
         self.readers: ThreadPoolExecutor | None = None
@@ -215,63 +129,11 @@ class _Pool:
                 p.terminate()
 
 
-WALK_END = object()  # the last item `feed_walk` puts on the queue
-
-
-class _WalkFailed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def route_walked(item: Any, model: Any, emit: Any, triage: Callable[[Entry], bool] | None) -> Entry | None:
-    """What every engine does with one item from the walk queue (other than the
-    end marker): re-raise a failed walk, turn a walk error into its record, let
-    `triage` settle a file (resume, unchanged), and hand back the rest to score."""
-    if isinstance(item, _WalkFailed):
-        raise item.exc
-    if isinstance(item, WalkError):
-        emit(error_record(item.path, item.kind, item.message, model=model.model_id), None)
-        return None
-    if triage is not None and triage(item):
-        return None
-    return item
-
-
-def feed_walk(source: Iterable[Entry | WalkError], q: queue.Queue, stop: threading.Event) -> None:
-    """The walk thread of every engine: put each walked item on the bounded queue
-    (blocking while it is full, unless `stop` is set), a failed walk as an item for
-    `route_walked` to re-raise, then WALK_END."""
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        for item in source:
-            if not put(item):
-                return
-    except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
-        put(_WalkFailed(e))
-    put(WALK_END)
-
-
-Emit = Callable[[dict[str, Any], "Entry | None"], None]
-
-
 def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit, *,
-        options: PipelineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
+        options: EngineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
         second_opinion: SecondOpinion | None = None, tick: Callable[[], None] | None = None) -> None:
-    """Scan everything `source` yields; `emit(record, entry)` gets each record
-    (entry is None for walk problems). `triage(entry)` runs first, in this
-    thread: True means it is already handled (resumed, or emitted from the scan
-    state), False that it is to be scanned. `tick()` is called often (progress).
-    KeyboardInterrupt stops the walk and the workers and propagates.
-    """
-    opts = options or PipelineOptions()
+    """Scan everything `source` yields, as `scanner.engine.Engine.run` says."""
+    opts = options or EngineOptions()
     spec = model.spec
     pool = _Pool(opts.workers, spec, opts)
     q: queue.Queue = queue.Queue(maxsize=opts.queue_size)

@@ -1,0 +1,238 @@
+"""One scan's bookkeeping around an engine: what is already done (`--resume`,
+the scan state), where records go (the sinks), progress, the summary, and the
+exit status.
+
+The engine (`scanner.engine`) only turns files into records; `ScanJob.emit` is
+where every record goes and `ScanJob.triage` decides which files need scoring
+at all. The command line (`scanner.cli`) checks the flags, opens the model and
+the engine, and hands over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mai.errors import MaiError
+from scanner.engine import Engine, EngineOptions
+from scanner.records import Decision, display_path, make_record
+from scanner.sinks import JsonlWriter, PlainView, Progress, Summary, TableView, print_lines, resume_jsonl
+from scanner.state import ScanState, facts_of
+from scanner.walk import Entry, WalkError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_ERRORS, EXIT_FAIL_ON, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 4, 130, 141
+
+
+class ScanError(MaiError):
+    """A usage or input problem found before scanning (exit status 2)."""
+
+
+def scan_roots(paths: Sequence[str], examples: bool) -> list[str]:
+    """The PATH arguments (plus the bundled examples), each checked to exist."""
+    roots = list(paths)
+    if examples:
+        from importlib import resources
+
+        ex = str(resources.files("mai.examples"))
+        if not os.path.isdir(ex):
+            raise ScanError(f"the bundled examples are not a folder on disk here ({ex}); reinstall MAI unzipped")
+        roots.append(ex)
+    if not roots:
+        raise ScanError("nothing to scan: give one or more PATHs (folders or files), or --examples")
+    for r in roots:
+        if not os.path.lexists(r):
+            raise ScanError(f"{display_path(r)}: no such file or folder")
+        if not os.path.exists(r):
+            raise ScanError(f"{display_path(r)}: a broken symbolic link")
+    return roots
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where records go: `jsonl` (a file, or '-' for stdout), `out_dir` (shards),
+    and what stdout shows (`view`: table, plain, jsonl or none)."""
+
+    jsonl: str | None
+    view: str
+    out_dir: str | None
+    resume: bool
+    quiet: bool
+
+    @classmethod
+    def check(cls, jsonl: str | None, view: str, out_dir: str | None, resume: bool, quiet: bool) -> Outputs:
+        """The outputs the flags ask for, or a ScanError before anything is opened."""
+        if out_dir is not None:
+            from scanner.shards import check_out_dir
+
+            check_out_dir(out_dir, jsonl, resume)
+        elif resume and (jsonl is None or jsonl == "-"):
+            raise ScanError("--resume needs --jsonl FILE: it continues the records already written there")
+        if jsonl not in (None, "-"):
+            parent = os.path.dirname(os.path.abspath(jsonl))
+            if not os.path.isdir(parent):
+                raise ScanError(f"--jsonl {jsonl}: the folder {parent} does not exist")
+            if os.path.isdir(jsonl):
+                raise ScanError(f"--jsonl {jsonl} is a folder; give a file name")
+        if view == "auto":
+            view = ("jsonl" if jsonl == "-" else "none" if jsonl or out_dir
+                    else "table" if sys.stdout.isatty() else "plain")
+        elif view == "jsonl" and jsonl not in (None, "-"):
+            raise ScanError("--format jsonl writes JSON Lines to stdout; with --jsonl FILE choose table, plain or none")
+        return cls(jsonl, view, out_dir, resume, quiet)
+
+    @property
+    def file(self) -> str | None:
+        """The file or folder the records are kept in (None: only stdout)."""
+        return self.out_dir or (self.jsonl if self.jsonl not in (None, "-") else None)
+
+    def note(self, text: str) -> None:
+        """A dim line on stderr, unless --quiet."""
+        if not self.quiet:
+            print_lines([(text, "dim")])
+
+
+class ScanJob:
+    """The scan of one model's records into `outputs`.
+
+    `state_key` names the model (and second opinion) in the scan state; None
+    runs without it. `lines()` gives extra summary lines (the VLM, the GPU path).
+    """
+
+    def __init__(self, model: Any, decision: Decision, outputs: Outputs, *, state_key: str | None,
+                 rescan: bool = False, fail_on: Sequence[str] = (),
+                 lines: Callable[[], list[str]] = list) -> None:
+        self.model, self.decision, self.outputs = model, decision, outputs
+        self.rescan, self.fail_on, self.extra_lines = rescan, tuple(fail_on), lines
+        self.summary = Summary()
+        self.done: set[str] | Any = None
+        self.state: Any = None
+        self.sinks: list[Any] = []
+        self.writer: JsonlWriter | None = None
+        self.shards: Any = None
+        if outputs.resume:
+            self._resume()
+        if state_key is not None:
+            self._open_state(state_key)
+
+    # ------------------------------------------------------------------ what is done
+
+    def _resume(self) -> None:
+        out = self.outputs
+        if out.out_dir is not None:
+            from scanner.shards import resume_shards
+
+            found = resume_shards(out.out_dir, self.summary)
+        else:
+            found = resume_jsonl(out.jsonl, self.summary)
+        others = sorted(found.models - {self.model.model_id})
+        if others:
+            raise ScanError(f"--resume: {out.file} holds records of {', '.join(others)}, not "
+                            f"{self.model.model_id}; resume with the same --model, or write to a new file")
+        self.done = found.paths
+        if found.cut:
+            out.note(f"resume: cut {found.cut} bytes of an unfinished last record from {out.file}")
+        out.note(f"resume: {len(self.done):,} records already in {out.file}")
+
+    def _open_state(self, key: str) -> None:
+        try:
+            self.state = ScanState(model_key=key, on_error=self.outputs.note)
+        except Exception as e:  # noqa: BLE001 - sqlite3, OS or app-folder errors: the scan works without it
+            self.outputs.note(f"scan state unavailable ({e}); scanning without it")
+
+    def triage(self, entry: Entry) -> bool:
+        """True when `entry` needs no scoring: already in the resumed output, or
+        unchanged since the scan state recorded it (its record is rebuilt and emitted)."""
+        if self.done is not None and display_path(entry.path) in self.done:
+            return True
+        if self.state is not None and not self.rescan:
+            facts = self.state.lookup(entry.key, entry.size, entry.mtime_ns)
+            if facts is not None:
+                self.emit(make_record(entry.path, model=self.model.model_id, facts=facts, decision=self.decision),
+                          entry, True)
+                return True
+        return False
+
+    # ------------------------------------------------------------------ where records go
+
+    def _open_sinks(self) -> None:
+        out = self.outputs
+        if out.jsonl:
+            self.writer = JsonlWriter(out.jsonl, append=out.resume)
+            self.sinks.append(self.writer)
+        if out.out_dir is not None:
+            from scanner.shards import ShardWriter
+
+            self.shards = ShardWriter(out.out_dir, append=out.resume, model=self.model.model_id)
+            self.sinks.append(self.shards)
+        if out.view == "table":
+            self.sinks.append(TableView())
+        elif out.view == "plain":
+            self.sinks.append(PlainView())
+        elif out.view == "jsonl" and self.writer is None:
+            self.sinks.append(JsonlWriter("-"))
+
+    def emit(self, record: dict[str, Any], entry: Entry | None, cached: bool = False) -> None:
+        # The output first: a crash between the two leaves a record without its
+        # state row (rescored later), never a state row without its record.
+        for s in self.sinks:
+            s.write(record)
+        self.summary.add(record, cached)
+        if self.state is not None and entry is not None and not cached and record["error"] is None:
+            self.state.put(entry.key, entry.size, entry.mtime_ns, facts_of(record))
+
+    def _close(self) -> None:
+        for closable in (self.state, self.writer, self.shards):
+            if closable is not None:
+                closable.close()
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, engine: Engine, source: Iterable[Entry | WalkError], options: EngineOptions,
+            second_opinion: Any = None) -> int:
+        """Scan `source` with `engine`; print the summary; return the exit status."""
+        self._open_sinks()
+        # Rows streaming to the terminal are the progress; otherwise a live line on a
+        # terminal's stderr, or a line every 30 s into a log.
+        rows_on_terminal = self.outputs.view in ("table", "plain") and sys.stdout.isatty()
+        mode = "off" if self.outputs.quiet or rows_on_terminal else "live" if sys.stderr.isatty() else "log"
+        progress = Progress(self.summary, mode)
+        status = EXIT_OK
+        try:
+            engine.run(source, self.model, self.decision, self.emit, options=options, triage=self.triage,
+                       tick=progress.tick, **({"second_opinion": second_opinion} if second_opinion else {}))
+            if self.shards is not None:
+                self.shards.finished = True
+        except KeyboardInterrupt:
+            status = EXIT_INTERRUPTED
+        except BrokenPipeError:
+            status = EXIT_PIPE
+            # Later writes (and the interpreter's final flush) must not fail again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        finally:
+            self.summary.finished = time.monotonic()
+            progress.stop()
+            self._close()
+        if status == EXIT_PIPE:
+            return status
+        if not self.outputs.quiet:
+            print_lines(self._summary_lines(status == EXIT_INTERRUPTED))
+        if status:
+            return status
+        if self.fail_on and any(self.summary.verdicts[v] for v in self.fail_on):
+            return EXIT_FAIL_ON
+        return EXIT_ERRORS if self.summary.errors else EXIT_OK
+
+    def _summary_lines(self, interrupted: bool) -> list[tuple[str, str]]:
+        lines = self.summary.lines(f"model: {self.model.describe()}", self.outputs.file)
+        lines.extend((f"  {line}", "") for line in self.extra_lines())
+        if interrupted:
+            how = ("run the same command with --resume to finish" if self.outputs.file
+                   else "run it again: files already scored come from the scan state")
+            lines.insert(0, (f"mai-scan: interrupted; {how}", "bold yellow"))
+        return lines
