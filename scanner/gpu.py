@@ -140,7 +140,7 @@ class DecodeStats:
 
 
 class GpuStage:
-    """Decode, preprocess and score one batch on a GPU (the pipeline's `infer` hook).
+    """Decode, preprocess and score one batch on a GPU (the local engine's `infer` hook).
 
     `device` is a torch device; tests run the same host-side logic with "cpu"
     (torchvision's CPU JPEG decoder stands in for nvJPEG there)."""
@@ -167,11 +167,11 @@ class GpuStage:
         exact = "exact" if self.dtype == self.torch.float64 else "float32"
         return f"GPU (nvJPEG on {where}, resize on the device, {exact}; {self.versions})"
 
-    # -- the pipeline's hook ------------------------------------------------
+    # -- the engine's hook --------------------------------------------------
     def infer(self, decoded: list[Decoded], model: Any, keep_arrays: bool = False) -> dict[int, float]:
         """Score the usable entries of `decoded`; returns {index: P(synthetic)}.
 
-        An entry nvJPEG refuses gets `cpu` set to why, and no score: the pipeline
+        An entry nvJPEG refuses gets `cpu` set to why, and no score: the engine
         sends it to the CPU decoder. With `keep_arrays`, every scored entry gets
         its model-input array in host memory (a second opinion needs it)."""
         torch = self.torch

@@ -1,4 +1,4 @@
-"""The pipeline: score_batch as a plain function, streaming while the walk goes
+"""The engines' shared work: score_batch as a plain function, streaming while the walk goes
 on, the process pool (same results as in-process), the second-opinion stage,
 and a worker that dies on a file."""
 
