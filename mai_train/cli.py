@@ -202,18 +202,10 @@ def eval_cmd(model_path: str | None, data: str, split: str, real_split: str | No
       mai eval --data forensynths-samples.tar --jpeg-quality 90
       mai eval --data modern-train.tar --split test_generator --real-split val
     """
-    from mai.vlm import is_vlm_adapter
     from mai_train.evaluate_cli import run_eval
 
-    if is_vlm_adapter(model_path):  # a LoRA adapter from `mai train vlm`
-        from mai_train.vlm.evaluate import run_vlm_eval
-
-        if real_split:
-            raise click.UsageError("--real-split is for image models, not VLM adapters")
-        rep = run_vlm_eval(str(model_path), data, split, limit, min(batch_size, 16), device, base,
-                           trust_remote_code, jpeg_quality)
-    else:
-        rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality, real_split)
+    rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality, real_split, base,
+                   trust_remote_code)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:

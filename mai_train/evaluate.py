@@ -55,35 +55,32 @@ class Features:
         return Scored(scores, self.labels, self.sources, self.relpaths, self.unreadable)
 
 
-def map_items(fn: Callable[[np.ndarray], dict[str, np.ndarray]], ds: DataSet, items: Sequence[Item],
-              spec: PreprocessSpec, batch_size: int = 128, upto: int | None = None,
-              progress: Callable[[int], None] | None = None,
-              perturb: Callable[[Image.Image], Image.Image] | None = None) -> Features:
-    """Decode and preprocess every item by `spec` (the first `upto` steps), and run
-    `fn` (a uint8 NHWC batch -> named arrays) on full batches; unreadable items are
-    listed, not fatal. `progress(n)` hears how many items are done, after each batch.
-
-    `perturb` acts on each upright RGB image before preprocessing (e.g. a JPEG
-    re-encode, for evaluations where the two classes differ in format)."""
+def batch_items(fn: Callable[[list[Any]], dict[str, np.ndarray]], ds: DataSet, items: Sequence[Item],
+                load: Callable[[Item], Any], batch_size: int = 128,
+                progress: Callable[[int], None] | None = None) -> Features:
+    """The one loop over labelled items: `load(item)` each (an exception lists the
+    item as unreadable, never fatal), and run `fn` (a list of loaded items ->
+    named arrays, one row per item) on full batches. `progress(n)` hears how many
+    items are done, after each batch."""
     out: dict[str, list[np.ndarray]] = {}
     labels: list[int] = []
     sources: list[str] = []
     relpaths: list[str] = []
     bad: list[tuple[str, str]] = []
-    batch: list[np.ndarray] = []
+    batch: list[Any] = []
 
     def flush() -> None:
-        for name, v in fn(np.stack(batch)).items():
+        for name, v in fn(batch).items():
             out.setdefault(name, []).append(np.asarray(v))
         batch.clear()
 
     for n, it in enumerate(items, 1):
         try:
-            arr = decode_item(ds, it, spec, upto=upto, augment=perturb)
+            x = load(it)
         except Exception as e:  # noqa: BLE001 - any unreadable image is counted and skipped
             bad.append((it.relpath, f"{type(e).__name__}: {e}"))
             continue
-        batch.append(arr)
+        batch.append(x)
         labels.append(it.label)
         sources.append(it.source)
         relpaths.append(it.relpath)
@@ -97,6 +94,19 @@ def map_items(fn: Callable[[np.ndarray], dict[str, np.ndarray]], ds: DataSet, it
         progress(len(items))
     feats = {name: np.concatenate(v) for name, v in out.items()}
     return Features(feats, np.asarray(labels, dtype=np.int64), sources, relpaths, bad)
+
+
+def map_items(fn: Callable[[np.ndarray], dict[str, np.ndarray]], ds: DataSet, items: Sequence[Item],
+              spec: PreprocessSpec, batch_size: int = 128, upto: int | None = None,
+              progress: Callable[[int], None] | None = None,
+              perturb: Callable[[Image.Image], Image.Image] | None = None) -> Features:
+    """`batch_items` for model inputs: each item decoded and preprocessed by `spec`
+    (its first `upto` steps), `fn` gets a uint8 NHWC batch.
+
+    `perturb` acts on each upright RGB image before preprocessing (e.g. a JPEG
+    re-encode, for evaluations where the two classes differ in format)."""
+    return batch_items(lambda batch: fn(np.stack(batch)), ds, items,
+                       lambda it: decode_item(ds, it, spec, upto=upto, augment=perturb), batch_size, progress)
 
 
 def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec,

@@ -35,25 +35,43 @@ def eval_items(ds: DataSet, split: str, real_split: str | None = None, limit: in
 
 def run_eval(model_path: str | None, data: str, split: str = "all", limit: int | None = None,
              batch_size: int = 128, device: str = "auto", jpeg_quality: int | None = None,
-             real_split: str | None = None) -> dict[str, Any]:
-    art = load_artifact(model_path)
+             real_split: str | None = None, base: str | None = None,
+             trust_remote_code: bool = False) -> dict[str, Any]:
+    """`mai eval`: any model (a torch artifact, a probe through its ONNX pair, or a
+    VLM adapter with its base) scored on `items` the way it runs, one report."""
+    from mai.vlm import VLMScorer, is_vlm_adapter
+
+    # The model first: a wrong --model is the likelier mistake, and says so before any data is read.
+    scorer = art = None
+    if is_vlm_adapter(model_path):  # a LoRA adapter from `mai train vlm`
+        batch_size = min(batch_size, 16)
+        scorer = VLMScorer(base, model_path, trust_remote_code=trust_remote_code, device=device,
+                           batch_size=batch_size)
+        card = {"model": scorer.model_id, "kind": "vlm", "base": str(scorer.base_path)}
+        threshold, band, calibration = scorer.threshold, scorer.uncertain, (scorer.meta or {}).get("calibration")
+    else:
+        art = load_artifact(model_path)
+        card = {"model": art.model_id}
+        threshold, band, calibration = art.threshold, art.uncertain, art.meta.get("calibration")
     ds = open_dataset(data)
     items = eval_items(ds, split, real_split, limit)
     perturb = jpeg_reencoder(jpeg_quality) if jpeg_quality else None
-    if art.meta["architecture"]["name"] == "probe":
+    if scorer is not None:
+        from mai_train.vlm.evaluate import score_items as score_vlm
+
+        scored = score_vlm(scorer.score, ds, items, batch_size=batch_size, perturb=perturb)
+    elif art.meta["architecture"]["name"] == "probe":
         scored = score_items_onnx(art, ds, items, device, batch_size, perturb)
     else:
         require_torch("mai eval")
-        device = torch_device(device)
-        model = load_torch_model(art).to(device)
-        scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=device, perturb=perturb)
-    rep = report(scored, art.threshold, art.uncertain)
+        dev = torch_device(device)
+        model = load_torch_model(art).to(dev)
+        scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=dev, perturb=perturb)
     return {
-        "model": art.model_id, "data": str(data), "split": split, "real_split": real_split,
-        "jpeg_quality": jpeg_quality,
-        "fingerprint": ds.fingerprint(),
-        "uncertain": list(art.uncertain), "calibration": art.meta.get("calibration"),
-        "unreadable_items": [{"path": p, "error": e} for p, e in scored.unreadable], **rep,
+        **card, "data": str(data), "split": split, "real_split": real_split, "jpeg_quality": jpeg_quality,
+        "fingerprint": ds.fingerprint(), "uncertain": list(band), "calibration": calibration,
+        "unreadable_items": [{"path": p, "error": e} for p, e in scored.unreadable],
+        **report(scored, threshold, band),
     }
 
 
