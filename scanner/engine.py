@@ -30,6 +30,7 @@ from scanner.walk import Entry, WalkError
 Emit = Callable[[dict[str, Any], "Entry | None"], None]
 
 
+@runtime_checkable
 class Engine(Protocol):
     """A way to carry out a scan.
 
