@@ -44,8 +44,10 @@ def test_a_broken_model_card_is_one_clear_error(tmp_path, meta, error):
 
 
 def test_adapter_card_errors_name_the_fix(tmp_path):
+    broken = _folder(tmp_path, "a", {"schema": "mai.vlm/1", "model_id": "x"})
+    assert is_vlm_adapter(broken)  # its schema says what it is; reading it says what is missing
     with pytest.raises(VLMError, match="lacks 'base'; re-create the adapter with `mai train vlm`"):
-        read_adapter_meta(_folder(tmp_path, "a", {"schema": "mai.vlm/1", "model_id": "x"}))
+        read_adapter_meta(broken)
     bare = tmp_path / "peft-only"
     bare.mkdir()
     (bare / "adapter_config.json").write_text("{}")

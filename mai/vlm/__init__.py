@@ -13,6 +13,7 @@ built, so the scanner's command line stays light.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,8 @@ def is_vlm_adapter(path: str | os.PathLike[str] | None) -> bool:
     """Whether `path` is a VLM adapter folder (its mai.json has schema mai.vlm/1). Torch-free."""
     if path is None:
         return False
-    try:
-        read_card(card_folder(path), ADAPTER_CARD)
+    try:  # the schema decides: a broken adapter is still one, and read_adapter_meta says what is wrong
+        read_card(card_folder(path), dataclasses.replace(ADAPTER_CARD, required=()))
     except VLMError:
         return False
     return True
