@@ -109,7 +109,7 @@ class ScanJob:
         self.model, self.decision, self.outputs = model, decision, outputs
         self.rescan, self.fail_on, self.extra_lines = rescan, tuple(fail_on), lines
         self.summary = Summary()
-        self.done: set[str] | Any = None
+        self.done: Any = None  # with --resume: the paths already in the output (a sinks.PathSet)
         self.state: Any = None
         self.sinks: list[Any] = []
         self.writer: JsonlWriter | None = None
