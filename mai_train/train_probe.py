@@ -46,17 +46,27 @@ class ProbeError(MaiError):
 
 @dataclass
 class ProbeConfig:
-    data: str
+    data: Sequence[str]  # one or more data sets, each with its own split
     out: str
     backbone: str = "clip-vit-b16"
     feature: str = "embed"
     view: str = "crop"
+    blocks: str | None = None  # `layers` only: 1-based block numbers, "4-12" or "6,9,12"
+    exclude_source: Sequence[str] = ()  # glob patterns: sources kept out of training and validation
+    cap: Sequence[str] = ()  # "NAME=N": at most N items per (source, label) of the data set NAME
+    augment: str | None = None  # a perturbation: training also sees one processed copy of each image
+    val_perturb: Sequence[str] = ()  # validation also holds these processed copies
+    calibrate: str = "val"  # "val": on the validation split; "unseen": each generator's scores from a head without it
     l2: Sequence[float] = field(default_factory=lambda: L2_GRID)
     target_fpr: float | None = None
     band_precision: float = 0.98
     batch_size: int = 16
     threads: int | None = None
     name: str | None = None
+
+
+CALIBRATIONS = ("val", "unseen")
+MIN_HELD_OUT = 10  # a generator with fewer fake images is not left out on its own
 
 
 def probe_spec(bb: Backbone, view: str) -> PreprocessSpec:
@@ -77,10 +87,17 @@ def feature_session(bb: Backbone, threads: int | None = None) -> Any:
 
 
 def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: PreprocessSpec, threads: int | None,
-                    batch_size: int, log: Any = None) -> Features:
-    """`mai_train.probe.extract`, cached by backbone, spec, data and items."""
+                    batch_size: int, log: Any = None, perturb: str | None = None) -> Features:
+    """`mai_train.probe.extract`, cached by backbone graph, spec, data, items and
+    `perturb` (a name in `mai_train.augment.PERTURBATIONS`: the copies it makes)."""
+    from mai.backbone import GRAPH_VERSION
+    from mai_train.augment import PERTURBATIONS
+
+    if perturb is not None and perturb not in PERTURBATIONS:
+        raise ProbeError(f"unknown perturbation {perturb!r}; use one of {', '.join(PERTURBATIONS)}")
     key = hashlib.sha256(json.dumps(
-        [bb.sha256, spec.to_json(), ds.fingerprint(), [it.relpath for it in items], ""]).encode()).hexdigest()
+        [bb.sha256, GRAPH_VERSION, spec.to_json(), ds.fingerprint(), [it.relpath for it in items],
+         perturb or ""]).encode()).hexdigest()
     path = app_dir() / "features" / f"{key[:24]}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
@@ -94,7 +111,8 @@ def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: Preproce
             said[0] = k
             log(f"  features: {k}/{len(items)} images, {k / max(time.monotonic() - t0, 1e-9):.1f}/s")
 
-    f = extract(feature_session(bb, threads), ds, items, spec, batch_size, progress=progress)
+    f = extract(feature_session(bb, threads), ds, items, spec, batch_size, progress=progress,
+                perturb=PERTURBATIONS[perturb] if perturb else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, labels=f.labels, sources=np.asarray(f.sources, dtype=str), relpaths=np.asarray(f.relpaths, dtype=str),
@@ -103,8 +121,96 @@ def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: Preproce
     return f
 
 
-def _scored(f: Features, probs: np.ndarray) -> Scored:
-    return Scored(np.asarray(probs, np.float64), f.labels, f.sources, f.relpaths, f.unreadable)
+def parse_blocks(text: str | None, n: int) -> tuple[int, ...]:
+    """ "4-12" or "6,9,12" (1-based block numbers) -> 0-based indices; None: all `n`."""
+    if text is None:
+        return tuple(range(n))
+    picked: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            picked.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ProbeError(f"--blocks {text!r}: use block numbers 1-{n}, as 4-12 or 6,9,12") from None
+    if not picked or min(picked) < 1 or max(picked) > n:
+        raise ProbeError(f"--blocks {text!r}: block numbers run from 1 to {n}")
+    return tuple(sorted(i - 1 for i in picked))
+
+
+def _caps(pairs: Sequence[str]) -> dict[str, int]:
+    caps = {}
+    for pair in pairs:
+        name, _, n = pair.partition("=")
+        if not n.isdigit() or int(n) < 1:
+            raise ProbeError(f"--cap {pair!r}: use NAME=N, N a positive count (e.g. cifake-train=600)")
+        caps[name] = int(n)
+    return caps
+
+
+@dataclass
+class Pool:
+    """Features of one split of several data sets, clean and processed copies, as rows."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    sources: np.ndarray
+    relpaths: list[str]
+    copy: np.ndarray  # the perturbation that made the row ("" for the file as it is)
+    unreadable: list[tuple[str, str]]
+
+    def rows(self, mask: np.ndarray) -> Pool:
+        return Pool(self.x[mask], self.labels[mask], self.sources[mask],
+                    [r for r, m in zip(self.relpaths, mask, strict=True) if m], self.copy[mask], [])
+
+    def scored(self, probs: np.ndarray) -> Scored:
+        return Scored(np.asarray(probs, np.float64), self.labels, list(self.sources), self.relpaths, self.unreadable)
+
+
+def load_pool(bb: Backbone, spec: PreprocessSpec, sets: Sequence[DataSet], split: str, feature: str,
+              perturbs: Sequence[str | None], cfg: ProbeConfig, log: Any = None) -> Pool:
+    from mai_train.probe_data import select
+
+    caps = _caps(cfg.cap)
+    parts = []
+    for ds in sets:
+        items = select(ds, split, cfg.exclude_source, caps.get(ds.name))
+        for p in perturbs:
+            f = cached_features(bb, ds, items, spec, cfg.threads, cfg.batch_size, log=log, perturb=p)
+            parts.append((f, p or ""))
+    return Pool(np.concatenate([f.feats[feature] for f, _ in parts]),
+                np.concatenate([f.labels for f, _ in parts]),
+                np.asarray([s for f, _ in parts for s in f.sources], dtype=object),
+                [r for f, _ in parts for r in f.relpaths],
+                np.asarray([p for f, p in parts for _ in f.labels], dtype=object),
+                [u for f, _ in parts for u in f.unreadable])
+
+
+def unseen_generators(tr: Pool, va: Pool, fit: Any, full: np.ndarray, say: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Leave each fake source (generator) out of training in turn: its validation
+    fakes get the score of a head that never saw it, as an unseen generator would.
+    Returns those out-of-fold scores (reals and smaller sources keep `full`'s) and
+    per generator the ROC-AUC of its unseen fakes (training and validation files,
+    as they are) against the clean validation reals."""
+    from mai_train import metrics
+
+    oof = np.array(full, np.float64)
+    table: dict[str, Any] = {}
+    fakes = tr.labels == 1
+    for g in sorted(set(tr.sources[fakes])):
+        out = fakes & (tr.sources == g)
+        if (out & (tr.copy == "")).sum() < MIN_HELD_OUT:
+            continue
+        head = fit(tr.rows(~out))
+        mine = (va.labels == 1) & (va.sources == g)
+        oof[mine] = head.prob(va.x[mine])
+        unseen = np.concatenate([head.prob(tr.x[out & (tr.copy == "")]), oof[mine & (va.copy == "")]])
+        reals = head.prob(va.x[(va.labels == 0) & (va.copy == "")])
+        auc = metrics.roc_auc(np.concatenate([unseen, reals]),
+                              np.concatenate([np.ones(len(unseen)), np.zeros(len(reals))]))
+        table[g] = {"fake": int(len(unseen)), "real": int(len(reals)), "roc_auc": auc}
+        say(f"  without {g}: its {len(unseen)} fakes vs {len(reals)} val reals, ROC-AUC {auc:.4f}")
+    aucs = [t["roc_auc"] for t in table.values() if t["roc_auc"] is not None]
+    return oof, {"per_generator": table, "mean_roc_auc": float(np.mean(aucs)) if aucs else None}
 
 
 def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
@@ -112,34 +218,51 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
     say = log or (lambda line: None)
     if cfg.feature not in FEATURES:
         raise ProbeError(f"unknown feature {cfg.feature!r}; use one of {', '.join(FEATURES)}")
+    if cfg.calibrate not in CALIBRATIONS:
+        raise ProbeError(f"unknown calibration {cfg.calibrate!r}; use one of {', '.join(CALIBRATIONS)}")
+    data = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     bb = get_backbone(cfg.backbone)
     spec = probe_spec(bb, cfg.view)
-    ds = open_dataset(cfg.data)
-    train_items, val_items = ds.split("train"), ds.split("val")
-    if not train_items or not val_items or len({it.label for it in train_items}) < 2:
-        raise ProbeError(f"{cfg.data}: the split ({ds.split_rule}) left {len(train_items)} training and "
-                         f"{len(val_items)} validation images, or one class only; add data")
+    nblocks = len(bb.blocks) if cfg.feature == "layers" else 1
+    if cfg.blocks is not None and cfg.feature != "layers":
+        raise ProbeError("--blocks picks transformer blocks of the `layers` feature: add --feature layers")
+    select = parse_blocks(cfg.blocks, nblocks)
+    sets = [open_dataset(d) for d in data]
     t0 = time.monotonic()
-    say(f"{len(train_items)} training / {len(val_items)} validation images from {cfg.data} ({ds.split_rule}); "
-        f"{bb.name} {cfg.feature}, view {cfg.view}")
-    tr = cached_features(bb, ds, train_items, spec, cfg.threads, cfg.batch_size, log=say)
-    va = cached_features(bb, ds, val_items, spec, cfg.threads, cfg.batch_size, log=say)
-    if len(set(va.labels.tolist())) < 2:
-        raise ProbeError(f"{cfg.data}: the validation split holds one class only; it cannot calibrate")
+    tr = load_pool(bb, spec, sets, "train", cfg.feature, (None, cfg.augment) if cfg.augment else (None,), cfg, say)
+    va = load_pool(bb, spec, sets, "val", cfg.feature, (None, *cfg.val_perturb), cfg, say)
+    if len(set(tr.labels.tolist())) < 2 or len(set(va.labels.tolist())) < 2:
+        raise ProbeError(f"{', '.join(data)}: training ({len(tr.labels)} rows) and validation ({len(va.labels)} rows) "
+                         "each need both classes; add data")
+    say(f"{len(tr.labels)} training / {len(va.labels)} validation rows from {', '.join(data)}; "
+        f"{bb.name} {cfg.feature}" + (f" blocks {cfg.blocks}" if cfg.blocks else "") + f", view {cfg.view}")
     from mai_train import metrics
 
     tried = []
     for l2 in cfg.l2:
-        head = fit_logistic(tr.feats[cfg.feature], tr.labels, l2)
-        auc = metrics.roc_auc(head.prob(va.feats[cfg.feature]), va.labels) or 0.0
+        head = fit_logistic(tr.x, tr.labels, l2, blocks=nblocks, select=select)
+        auc = metrics.roc_auc(head.prob(va.x), va.labels) or 0.0
         tried.append({"l2": l2, "val_roc_auc": auc})
         say(f"  l2 {l2:g}: val ROC-AUC {auc:.4f}")
     # The strongest regularisation within 0.002 of the best AUC: simpler heads travel better.
     best_auc = max(t["val_roc_auc"] for t in tried)
     l2 = max(t["l2"] for t in tried if t["val_roc_auc"] >= best_auc - 0.002)
-    head = fit_logistic(tr.feats[cfg.feature], tr.labels, l2)
-    cal = calibrate(_scored(va, head.prob(va.feats[cfg.feature])), cfg.target_fpr, cfg.band_precision)
-    train_rep = metrics.summarise(head.prob(tr.feats[cfg.feature]), tr.labels, cal["threshold"])
+
+    def fit(pool: Pool) -> Head:
+        return fit_logistic(pool.x, pool.labels, l2, blocks=nblocks, select=select)
+
+    head = fit(tr)
+    val_probs = head.prob(va.x)
+    unseen = None
+    if cfg.calibrate == "unseen":
+        say("calibrating on unseen generators (each left out of training in turn):")
+        val_probs, unseen = unseen_generators(tr, va, fit, val_probs, say)
+    cal = calibrate(va.scored(val_probs), cfg.target_fpr, cfg.band_precision)
+    if unseen is not None:
+        cal["calibration"]["on"] += (", each generator's fakes scored by a head trained without it "
+                                     f"(mean leave-one-generator-out ROC-AUC {unseen['mean_roc_auc']:.4f})")
+        cal["metrics"]["leave_one_generator_out"] = unseen
+    train_rep = metrics.summarise(head.prob(tr.x), tr.labels, cal["threshold"])
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,18 +273,26 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
     os.replace(tmp, out / WEIGHTS_NAME)
     digest = sha256_file(out / WEIGHTS_NAME)
     name = cfg.name or out.name
+    args: dict[str, Any] = {"feature": cfg.feature, "dim": bb.dim(cfg.feature)}
+    if cfg.feature == "layers":
+        args["blocks"] = [i + 1 for i in select]
     meta = {
         "schema": SCHEMA, "model_id": f"{name}@{digest[:8]}", "weights_sha256": digest, "name": name,
-        "architecture": {"name": "probe", "args": {"feature": cfg.feature, "dim": bb.dim(cfg.feature)}},
+        "architecture": {"name": "probe", "args": args},
         "backbone": bb.to_dict(),
         "preprocess": spec.to_dict(),
         **cal,
-        "data": {"source": str(cfg.data), "fingerprint": ds.fingerprint(), "split_rule": ds.split_rule,
-                 "counts": {"all": ds.counts(), "train": len(train_items), "val": len(val_items)},
+        "data": {"sources": [{"path": str(d), "fingerprint": ds.fingerprint(), "split_rule": ds.split_rule,
+                              "counts": ds.counts()} for d, ds in zip(data, sets, strict=True)],
+                 "exclude_source": list(cfg.exclude_source), "cap": list(cfg.cap),
+                 "rows": {"train": len(tr.labels), "val": len(va.labels)},
+                 "augment": cfg.augment, "val_perturb": list(cfg.val_perturb),
                  "unreadable_train": len(tr.unreadable), "unreadable_val": len(va.unreadable)},
         "train": {
             "command": " ".join(["mai", *sys.argv[1:]]) if sys.argv and "mai" in Path(sys.argv[0]).name else None,
-            "config": {**asdict(cfg), "l2": list(cfg.l2)}, "l2_chosen": l2, "l2_tried": tried,
+            "config": {**asdict(cfg), "data": data, "l2": list(cfg.l2), "exclude_source": list(cfg.exclude_source),
+                       "cap": list(cfg.cap), "val_perturb": list(cfg.val_perturb)},
+            "l2_chosen": l2, "l2_tried": tried,
             "selected_by": "val ROC-AUC (the strongest l2 within 0.002 of the best)",
             "train_metrics": train_rep, "wall_s": round(time.monotonic() - t0, 1),
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores",
@@ -171,7 +302,7 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
     (out / "mai.json.tmp").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     os.replace(out / "mai.json.tmp", out / "mai.json")
     art = load_artifact(out)
-    worst = export_probe(art, va.feats[cfg.feature])
+    worst = export_probe(art, va.x[:256])
     rep = cal["metrics"]["val"]
     say(f"saved {art.model_id} to {out} (l2 {l2:g}, threshold {art.threshold:.4f}, band "
         f"[{art.uncertain[0]:.4f}, {art.uncertain[1]:.4f}], val ROC-AUC {rep['roc_auc']:.4f}, "
@@ -194,7 +325,8 @@ def export_probe(art: Artifact, feats: np.ndarray | None = None, out: Path | Non
 
     head = load_head(art)
     if feats is None:
-        feats = np.random.default_rng(0).standard_normal((64, head.w.shape[0])).astype(np.float32)
+        width = head.w.shape[0] * head.blocks // len(head.select)
+        feats = np.random.default_rng(0).standard_normal((64, width)).astype(np.float32)
     final = (out or art.path) / "model.fp32.onnx"
     tmp = final.with_name(f".{final.name}.partial")
     try:

@@ -42,6 +42,7 @@ def _tiny_tower(path: Path, seed: int = 0) -> None:
              numpy_helper.from_array(np.array([0, 2, 12], np.int64), "tokens")]
     nodes = [helper.make_node("Reshape", ["pixel_values", "flat"], ["x"]),
              helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("Reshape", ["h", "tokens"], ["block0"]),
              helper.make_node("Tanh", ["h"], ["ht"]),
              helper.make_node("Reshape", ["ht", "tokens"], ["onnx::Gather_1524"]),
              helper.make_node("MatMul", ["ht", "w2"], ["image_embeds"])]
@@ -82,7 +83,8 @@ def tiny(tiny_site, monkeypatch: pytest.MonkeyPatch) -> bbmod.Backbone:
     bb = bbmod.Backbone(
         name="tiny-clip", package=PKG, version="1.0", file="models/clip_encoder.int8.onnx", sha256=sha,
         input="pixel_values", size=SIDE, mean=bbmod.CLIP_MEAN, std=bbmod.CLIP_STD,
-        outputs=(("embed", "image_embeds"), ("cls", "onnx::Gather_1524")), dims=(("embed", 8), ("cls", 12)),
+        outputs=(("embed", "image_embeds"), ("cls", "onnx::Gather_1524")), blocks=("block0", "onnx::Gather_1524"),
+        dims=(("embed", 8), ("cls", 12), ("layers", 24)),
         licence="test stand-in")
     monkeypatch.setitem(bbmod.BACKBONES, "tiny-clip", bb)
     return bb
@@ -171,8 +173,8 @@ def test_train_probe_writes_a_calibrated_artifact_with_a_proven_head(probe_dir: 
     assert art.model_id.startswith("probe@")
     assert art.meta["architecture"] == {"name": "probe", "args": {"feature": "cls", "dim": 12}}
     assert art.meta["backbone"]["sha256"] == tiny.sha256 and art.meta["backbone"]["package"] == PKG
-    assert art.meta["data"]["split_rule"] == "the manifest's split column"
-    assert art.meta["data"]["counts"]["val"] == 8 and art.meta["train"]["l2_chosen"] in (1.0, 10.0)
+    assert art.meta["data"]["sources"][0]["split_rule"] == "the manifest's split column"
+    assert art.meta["data"]["rows"]["val"] == 8 and art.meta["train"]["l2_chosen"] in (1.0, 10.0)
     lo, hi = art.uncertain
     assert 0 <= lo <= art.threshold <= hi <= 1
     assert art.spec == probe_spec(tiny, "crop")
@@ -187,6 +189,62 @@ def test_train_probe_writes_a_calibrated_artifact_with_a_proven_head(probe_dir: 
     cls = _session(bbmod.feature_graph(tiny)).run(["cls"], {"image": x})[0]
     np.testing.assert_allclose(prob, load_head(art).prob(cls), atol=1e-5)
     np.testing.assert_allclose(model.predict_bound(x.ctypes.data, x.shape, device="cpu")[1], prob, atol=1e-6)
+
+
+def test_layers_probe_with_blocks_augmentation_and_unseen_calibration(tiny, tmp_path: Path) -> None:
+    """The `layers` feature, a block subset, augmented copies, processed validation
+    copies and leave-one-generator-out calibration, end to end; the scan's ONNX
+    pair gives the numpy head's probabilities."""
+    from mai.session import open_model
+    from mai_train.data import open_dataset
+    from mai_train.evaluate import decode_item
+    from mai_train.train_probe import ProbeConfig, load_head, train_probe
+
+    root = tmp_path / "data"
+    rows = []
+    for source, label, n in (("cam", "real", 40), ("genA", "fake", 20), ("genB", "fake", 20), ("tiny", "fake", 4)):
+        (root / source / label).mkdir(parents=True)
+        for i in range(n):
+            rel = f"{source}/{label}/{i:03d}.png"
+            (root / rel).write_bytes(encode(synthetic_image(int(label == "fake"), 7 * i + len(source))))
+            rows.append({"path": rel, "label": label, "source": source, "split": "val" if i % 4 == 0 else "train"})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "source", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    lines: list[str] = []
+    out = train_probe(ProbeConfig(data=(str(root),), out=str(tmp_path / "p"), backbone="tiny-clip", feature="layers",
+                                  blocks="2", augment="wild", val_perturb=("web",), calibrate="unseen",
+                                  exclude_source=("tin*",), l2=(1.0,)), log=lines.append)
+    art = load_artifact(out)
+    assert art.meta["architecture"]["args"] == {"feature": "layers", "dim": 24, "blocks": [2]}
+    assert art.meta["data"]["rows"] == {"train": 2 * 60, "val": 2 * 20}  # clean + one copy each; tiny excluded
+    logo = art.meta["metrics"]["leave_one_generator_out"]
+    assert set(logo["per_generator"]) == {"genA", "genB"}  # each left out in turn; never a real source
+    assert any(ln.startswith("  without genA:") for ln in lines)
+    head = load_head(art)
+    assert head.blocks == 2 and head.select == (1,)
+    ds = open_dataset(root)
+    x = np.stack([decode_item(ds, it, art.spec) for it in ds.split("val")])
+    layers = _session(bbmod.feature_graph(tiny)).run(["layers"], {"image": x})[0]
+    _, prob = open_model(out, "cpu").predict(x)
+    np.testing.assert_allclose(prob, head.prob(layers), atol=1e-5)
+    with pytest.raises(MaiError, match="block numbers run from 1 to 2"):
+        train_probe(ProbeConfig(data=(str(root),), out=str(tmp_path / "q"), backbone="tiny-clip",
+                                feature="layers", blocks="0-3"))
+
+
+def test_the_wild_augmentation_is_a_pure_function_of_the_pixels() -> None:
+    from mai_train.augment import PERTURBATIONS, wild, wild_ops
+
+    im = synthetic_image(1, 3, size=64)
+    a, b = np.asarray(wild(0)(im)), np.asarray(wild(0)(im.copy()))
+    np.testing.assert_array_equal(a, b)
+    ops = [wild_ops(synthetic_image(i % 2, i)) for i in range(64)]
+    assert all(0.3 < np.mean([op in o for o in ops]) < 0.7 for op in ("crop", "resize", "jpeg"))
+    assert np.asarray(wild(0, drop="jpeg")(im)).shape[:2] == np.asarray(wild(0)(im)).shape[:2]
+    assert PERTURBATIONS["web"](im).size == (38, 38)  # 0.6x of 64
+    assert PERTURBATIONS["web"](synthetic_image(1, 3)).size == (32, 32)  # never below 32 px
 
 
 def test_probe_fit_separates_what_its_features_separate() -> None:
