@@ -1,0 +1,498 @@
+"""The "wild" set: AI-generated and real images from pinned public GitHub repositories, format-matched.
+
+Every image, whatever its class, goes through the same steps so that format, size and metadata
+cannot give the label away: decode, EXIF orientation, alpha flattened on mid-grey, RGB, a
+downscale by a factor drawn from [1, 1.6] (never an upscale), a 320x320 centre crop, and one
+baseline JPEG 4:2:0 encode at a quality drawn from 80-95, without metadata. Each file's draws are
+seeded by its SHA-256, so a rebuild gives the same bytes.
+
+    python -m mai_train.datasets.wild --mirrors /work/.mirror --out /work/data/wild
+
+Mirrors are bare git directories, `<mirrors>/<owner>+<name>/repo` (or `.../repo/.git`); files are
+read at the pinned commit, so a newer clone gives the same set. Torch-free: Pillow, numpy, stdlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import hashlib
+import io
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+SIZE = 320  # output side; an image must have a shorter side >= SIZE, since we never upscale
+MIN_SIDE = 256  # below this an image is "too small" outright (reported apart from 256..319)
+SCALE = (1.0, 1.6)
+QUALITY = (80, 95)
+VAL_PERCENT = 15
+PER_SOURCE_CAP = 300
+GREY = (128, 128, 128)
+
+# Held out entirely (never train/val): pair test_generator fakes with test_real reals (or val reals).
+# Kolors: photoreal latent diffusion; Seedream 5.0: a commercial web generator; DeepFloyd IF:
+# pixel-space cascaded diffusion; StyleGAN2 (official TF, config-f FFHQ): a GAN, held out while the
+# StyleGAN2-ADA (PyTorch) faces train. No autoregressive source of usable size was found (README.md).
+TEST_GENERATORS = frozenset({"Kolors", "Seedream 5.0", "DeepFloyd IF", "StyleGAN2 (config-f FFHQ)"})
+TEST_REAL_SOURCE = "sunhays80"
+
+MANIFEST_COLUMNS = ("path,label,source,generator,group,split,origin_repo,origin_commit,origin_path,"
+                    "origin_sha256,licence,family").split(",")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One repository's contribution. `include`/`exclude` are fnmatch patterns on repo paths."""
+
+    name: str
+    repo: str
+    commit: str
+    label: str  # "real" | "fake"
+    generator: str
+    family: str  # diffusion | autoregressive | gan | camera | web
+    licence: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    tile: str = ""  # "" | "strip" (a row of square tiles, side = height) | "RxC" (an even grid)
+    group_re: str = ""  # regex on the path; its first group ties near-duplicates (default: the path)
+    cap: int = PER_SOURCE_CAP
+    notes: str = ""
+
+
+SOURCES: tuple[Source, ...] = (
+    # ---- fake -------------------------------------------------------------------------------
+    Source("mj_profiles", "cheekymohnkey/midjourney-profile-tester", "8720bc2b96695e3a67a437f896372a5b3a91420d",
+           "fake", "Midjourney", "web", "MIT (repo); Midjourney terms for outputs",
+           ("profile_results_backup/*/*.jpg",), group_re=r"profile_results_backup/[^/]+/[^_]+_(.+)\.jpg$",
+           notes="34 test prompts x ~10 style profiles; version not stated. Mixed photo/illustration. "
+                 "Grouped by prompt so one prompt never straddles train/val."),
+    Source("mj_explore", "yukittm/midjourney-explore", "51df5803ecf871000ad3556cdf72a2196cb76e34",
+           "fake", "Midjourney", "web", "none stated", ("automation/assets/*/*.jpg",),
+           group_re=r"automation/assets/([^/]+)/", notes="One stylised landscape series (--profile), "
+           "not photoreal; 1968x2460 JPEGs."),
+    Source("sd1_official", "CompVis/stable-diffusion", "21f890f9da3cfbeaba8e2ac3c425ee9e998d5229",
+           "fake", "Stable Diffusion 1.x", "diffusion", "CreativeML Open RAIL-M",
+           ("assets/stable-samples/txt2img/merged-000[567].png", "assets/stable-samples/txt2img/0000020[23]5.png"),
+           tile="strip", notes="Official README samples: rows of 512px squares, split into tiles."),
+    Source("sd2_official", "Stability-AI/stablediffusion", "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
+           "fake", "Stable Diffusion 2.x (768-v)", "diffusion", "MIT (code); CreativeML Open RAIL++-M (model)",
+           ("assets/stable-samples/txt2img/768/merged-*.png",), tile="strip",
+           notes="Rows of 768px squares; merged-0001/0006 are absent from the snapshot (>4 MiB). The 512px "
+                 "rows in txt2img/ are byte copies of the SD 1.x repo's or of unstated model, so not used."),
+    Source("kolors", "Kwai-Kolors/Kolors", "0fafa56a76b7acf1e147b153d1e7b8fd65f9055b",
+           "fake", "Kolors", "diffusion", "Apache-2.0 (code); Kolors model licence for weights",
+           ("imgs/zl8.png", "scripts/outputs/sample_inpainting_[34].jpg", "scripts/outputs/sample_ip_test_ip*.jpg",
+            "controlnet/outputs/*.jpg", "dreambooth/ktxl_test_image.png"),
+           exclude=("controlnet/outputs/*_condition.jpg", "controlnet/outputs/*_sdxl.jpg"),
+           notes="Official README outputs (text-to-image, inpainting, IP-adapter, ControlNet); condition maps "
+                 "and SDXL comparison images excluded."),
+    Source("hunyuandit", "Tencent/HunyuanDiT", "368280ec35119ed2741a30cc5b40aafde34f8a8a",
+           "fake", "HunyuanDiT", "diffusion", "Tencent Hunyuan Community License",
+           ("ipadapter/asset/output/*", "controlnet/asset/output/*", "lora/asset/porcelain/inference/*",
+            "mllm/images/demo1.png"), group_re=r"ipadapter/asset/output/([a-z]+)_",
+           notes="Official README outputs (IP-adapter, ControlNet, LoRA); IP-adapter outputs grouped by reference."),
+    Source("kandinsky3", "ai-forever/Kandinsky-3", "a4c9e92e4d9b2a57081b7e33a2e82373c99ddbfc",
+           "fake", "Kandinsky 3", "diffusion", "Apache-2.0", ("assets/photo_*.jpg", "assets/butterly_effect.jpg"),
+           notes="Official README samples."),
+    Source("deepfloyd_if", "deep-floyd/IF", "ffc8163891682beaca0c5eb6b9077860a3bc6509",
+           "fake", "DeepFloyd IF", "diffusion", "MIT (code); DeepFloyd IF licence (model)",
+           ("pics/dream-III.jpg",), tile="2x2", notes="Official README 2x2 grid of text-to-image samples."),
+    Source("seedream5", "Evolink-AI/awesome-seedream-5-pro-guide-and-prompt",
+           "7643230be422e9cce67b2603d11806354154cb68", "fake", "Seedream 5.0", "web", "CC BY 4.0 (repo)",
+           ("assets/media/00[3-8]-*.png", "assets/media/01[89]-*.png", "assets/media/02[1-4]-*.png"),
+           exclude=("assets/media/004-Red-box*", "assets/media/005-doodles*"),
+           notes="Prompt-guide outputs (Seedream 5.0 Pro); images with big text or UI excluded by hand."),
+    # GAN faces (round 2). stylegan2-ada-pytorch forks that committed `generate.py` outputs.
+    Source("stylegan2ada_agegan", "ZhuoxuanZhangHarry/AgeGAN-FaceEvolution", "7f2276f4c9b59acbda4463888e48c36c68c6c1c2",
+           "fake", "StyleGAN2-ADA (FFHQ)", "gan", "NVIDIA Source Code License (repo, LICENSE.txt)", ("out/seed*.png",),
+           notes="31 generate.py outputs (seeds 0-30), 1024px faces; network not named in the repo (no README); "
+                 "FFHQ-like photoreal faces, so FFHQ model assumed."),
+    Source("stylegan2ada_kenton", "kenton0607/stylegan2-ada-pytorch", "0fc234fbebc8ac5753613198a968382be2514771",
+           "fake", "StyleGAN2-ADA (FFHQ)", "gan", "NVIDIA Source Code License (repo, LICENSE.txt)",
+           ("out/ffhq/trunc=0.[37]/*.png", "out/ffhq/trunc=1/*.png", "out/style-mixing/*.png"),
+           exclude=("out/style-mixing/grid.png",), group_re=r"(?:seed0*|style-mixing/)(\d+)",
+           notes="1024px FFHQ generate.py outputs at truncation 0.3/0.7/1 and style-mixing outputs; trunc=0 (all the "
+                 "same mean face) and the mixing grid excluded. Grouped by (row) seed: one seed's truncations and "
+                 "mixes share identity."),
+    Source("stylegan2_xinyiff", "xinyiff/Project-on-StyleGAN", "bf649bed48ab7a77497ba209439a470171215fd6",
+           "fake", "StyleGAN2 (config-f FFHQ)", "gan", "NVIDIA Source Code License (repo, LICENSE.txt)",
+           ("results/0000[13]-generate-images/seed*.png",), group_re=r"seed(\d+)\.png$",
+           notes="Official StyleGAN2 (TensorFlow) run_generator.py outputs, README seeds 6600-6610, 1024px. Run 00000 "
+                 "(truncation 0: one mean face), 00002 (near-mean faces) and 00004 (a re-run of 00003, mean abs. "
+                 "difference 2e-5) excluded. Held out as test_generator."),
+    Source("stylegan_seeprettyface", "a312863063/seeprettyface-dataset", "07dbe193340bc2341d4c0b3abbb2bce0c42c5e29",
+           "fake", "StyleGAN (seeprettyface)", "gan", "none stated (README: free use, no commercial use)",
+           ("EP001-01.png", "female_example.png", "male_example.png"),
+           notes="Three single 1024px StyleGAN faces; the other files are 8x8 grids of 128px tiles (too small). "
+                 "A corner watermark lies outside the 320px centre crop."),
+    Source("flux_xlabs", "XLabs-AI/x-flux", "47495425dbed499be1e8e5a6e52628b07349cba2",
+           "fake", "FLUX.1-dev (XLabs LoRA/ControlNet)", "diffusion",
+           "Apache-2.0 (repo); FLUX.1-dev non-commercial licence (model)",
+           ("assets/readme/examples/furry*.png", "assets/readme/examples/result_*.png",
+            "assets/readme/examples/picture-[5-7]-rev1.png"),
+           notes="README outputs of FLUX.1-dev with XLabs LoRAs; the 3-panel strips with seed captions, ControlNet "
+                 "condition/result pairs and example_images/statue.jpg (an input) excluded."),
+    # ---- real -------------------------------------------------------------------------------
+    Source("camera_corpus", "drewnoakes/metadata-extractor-images", "4beba640487802442bc9931fb01274e908102d3a",
+           "real", "real (camera samples)", "camera", "none stated (README: 'free to use these media files')",
+           ("jpg/*.jpg", "jpg/*.jpeg", "jpg/*.JPG"),
+           exclude=("jpg/Issue*", "jpg/issue*", "jpg/Photoshop*", "jpg/metadata-extractor*", "jpg/FLIR*",
+                    "jpg/User*", "jpg/Multiple*", "jpg/Reconyx*",
+                    # seen in the built set: a text screenshot, a logo close-up, an all-black frame
+                    "jpg/Pentax ist D.jpg", "jpg/Panasonic Lumix DMC-LX7.jpg", "jpg/Sony DSC-P12.jpg"),
+           notes="Camera test images from ~40 makes/models; files >= 4 MiB are absent from the snapshot. "
+                 "Thermal, trail-camera, edited, bug-report and three non-photo files excluded."),
+    Source("urban100", "jbhuang0604/SelfExSR", "8f6dd8c1d20cb7e8792a7177b4f6fd677633f598",
+           "real", "real (Urban100)", "web", "none stated (research data set)",
+           ("data/Urban100/image_SRF_2/*_HR.png",), notes="Urban100 high-resolution ground truth (Flickr photos "
+                                                           "of buildings)."),
+    Source("sunhays80", "jbhuang0604/SelfExSR", "8f6dd8c1d20cb7e8792a7177b4f6fd677633f598",
+           "real", "real (Sun-Hays80)", "web", "none stated (research data set)",
+           ("data/Sun-Hays80/image_SRF_8/*_HR.png",), notes="Sun & Hays scene photos; held out as test_real."),
+    Source("exifr_fixtures", "MikeKovarik/exifr", "6cbf6e921688faf7723e1f2e0b9e672d1f0aa21c",
+           "real", "real (exifr test photos)", "camera", "MIT (repo)", ("test/fixtures/*.jpg", "test/fixtures/*.jpeg",
+                                                                       "test/fixtures/sidecar/*.jpg"),
+           exclude=("test/fixtures/iptc-*-photographer-example.jpg", "test/fixtures/*no_exif*",
+                    "test/fixtures/*-tiny.jpg", "test/fixtures/xmp depth map*",
+                    "test/fixtures/canon-dslr.jpg"),  # an almost black frame,
+           notes="Phone/DSLR test photos of a metadata library; watermarked IPTC examples, duplicates and a "
+                 "depth map excluded."),
+    # Real photos (round 2): faces, low-light/night scenes, Kodak and McMaster.
+    Source("deepface_faces", "serengil/deepface", "243209fd7b46ecdecf72665cc25219f6e8181f25",
+           "real", "real (deepface test photos)", "web", "MIT (repo); photos of public figures, photographers' "
+           "copyright not stated", ("tests/unit/dataset/*.jpg",), exclude=("tests/unit/dataset/*_reflection*",),
+           notes="Face-recognition unit-test photos: press/event portraits of ~15 public figures, 400-4600px. "
+                 "A mirrored copy excluded. One person can appear in both train and val."),
+    Source("lowlight_dicm_lime", "Li-Chongyi/Zero-DCE", "e0f4adc54d0f23348c4a9b84acc08fe8778d5bfd",
+           "real", "real (DICM + LIME low-light)", "camera", "none stated (research data sets)",
+           ("Zero-DCE_code/data/test_data/DICM/*.jpg", "Zero-DCE_code/data/test_data/LIME/*.bmp"),
+           notes="Low-light test sets: DICM (consumer-camera photos: night scenes, buildings, flowers, landscapes) "
+                 "and LIME; some DICM files are crops of one scene."),
+    Source("kodak_mcmaster", "cszn/FFDNet", "e787f46df2f374ff3591186706229cb9a0591fea",
+           "real", "real (Kodak24 + McMaster)", "camera", "none stated (research test sets)",
+           ("testsets/Kodak24/*.png", "testsets/McMaster/*.tif"),
+           notes="Kodak PhotoCD (scanned film) and McMaster colour-demosaicking photos, 500x500 crops as used in "
+                 "denoising papers. CBSD68 (= BSDS500) not used."),
+)
+
+
+# ---- reading the mirrors --------------------------------------------------------------------------
+
+
+def git_dir(mirrors: Path, repo: str) -> Path | None:
+    base = mirrors / repo.replace("/", "+") / "repo"
+    for cand in (base / ".git", base):
+        if (cand / "objects").is_dir():
+            return cand
+    return None
+
+
+def git(gd: Path, *args: str) -> bytes | None:
+    r = subprocess.run(["git", f"--git-dir={gd}", *args], capture_output=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def matches(path: str, pattern: str) -> bool:
+    """fnmatch where `*` stays within one folder (same depth), so `jpg/*.jpg` skips `jpg/sub/x.jpg`."""
+    return path.count("/") == pattern.count("/") and fnmatch.fnmatchcase(path, pattern)
+
+
+def select(src: Source, paths: list[str]) -> list[str]:
+    keep = [p for p in paths if any(matches(p, g) for g in src.include)
+            and not any(matches(p, g) for g in src.exclude)]
+    # Stable order independent of listing order, so the cap takes a fixed pseudo-random subset.
+    return sorted(keep, key=lambda p: hashlib.sha256(f"{src.name}:{p}".encode()).hexdigest())
+
+
+# ---- the identical processing -------------------------------------------------------------------
+
+
+def decode(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        flat = Image.new("RGB", im.size, GREY)
+        flat.paste(im, mask=im.getchannel("A"))
+        return flat
+    return im.convert("RGB")
+
+
+def tiles(im: Image.Image, spec: str) -> list[Image.Image]:
+    w, h = im.size
+    if not spec:
+        return [im]
+    if spec == "strip":
+        n = max(1, round(w / h))
+        step = w / n
+        return [im.crop((round(i * step), 0, round((i + 1) * step), h)) for i in range(n)]
+    rows, cols = (int(v) for v in spec.split("x"))
+    return [im.crop((round(c * w / cols), round(r * h / rows), round((c + 1) * w / cols), round((r + 1) * h / rows)))
+            for r in range(rows) for c in range(cols)]
+
+
+def process(im: Image.Image, rng: random.Random) -> tuple[bytes, bytes]:
+    """Downscale (never up), centre-crop SIZE, one JPEG encode. Returns (jpeg, crop pixels)."""
+    w, h = im.size
+    f = min(rng.uniform(*SCALE), min(w, h) / SIZE)  # a factor that would leave < SIZE is capped
+    f = max(f, 1.0)
+    if f > 1.0:
+        im = im.resize((max(SIZE, round(w / f)), max(SIZE, round(h / f))), Image.Resampling.LANCZOS)
+    w, h = im.size
+    left, top = (w - SIZE) // 2, (h - SIZE) // 2
+    crop = im.crop((left, top, left + SIZE, top + SIZE))
+    buf = io.BytesIO()
+    crop.save(buf, "JPEG", quality=rng.randint(*QUALITY), subsampling=2, optimize=False, progressive=False)
+    return buf.getvalue(), crop.tobytes()
+
+
+def split_of(src: Source, group: str) -> str:
+    if src.label == "fake" and src.generator in TEST_GENERATORS:
+        return "test_generator"
+    if src.label == "real" and src.name == TEST_REAL_SOURCE:
+        return "test_real"
+    return "val" if int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) % 100 < VAL_PERCENT else "train"
+
+
+# ---- the build ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    src: Source
+    path: str
+    sha: str
+    tile: int
+    ntiles: int
+    group: str
+    split: str
+    jpeg: bytes
+    pix_sha: str
+
+    @property
+    def name(self) -> str:
+        stem = Path(self.path).stem.replace(" ", "_")
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem)
+        t = f"_t{self.tile}" if self.ntiles > 1 else ""
+        return f"{stem}{t}__{self.sha[:8]}.jpg"
+
+    @property
+    def rel(self) -> str:
+        return f"{self.src.name}/{'0_real' if self.src.label == 'real' else '1_fake'}/{self.name}"
+
+
+@dataclass
+class Report:
+    missing_mirrors: list[str] = field(default_factory=list)
+    missing_objects: list[str] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)
+    too_small: list[str] = field(default_factory=list)
+    over_cap: dict[str, int] = field(default_factory=dict)
+    duplicates: list[dict] = field(default_factory=list)
+    cross_class: list[dict] = field(default_factory=list)
+
+
+def collect(mirrors: Path, report: Report) -> list[Item]:
+    items: list[Item] = []
+    for src in SOURCES:
+        gd = git_dir(mirrors, src.repo)
+        if gd is None or git(gd, "cat-file", "-e", f"{src.commit}^{{commit}}") is None:
+            report.missing_mirrors.append(src.repo)
+            print(f"[{src.name}] mirror missing: git clone --bare https://github.com/{src.repo} "
+                  f"{mirrors}/{src.repo.replace('/', '+')}/repo  (needs commit {src.commit})", file=sys.stderr)
+            continue
+        listing = (git(gd, "ls-tree", "-r", "--name-only", "-z", src.commit) or b"").decode().split("\0")
+        kept_files = 0
+        for path in select(src, [p for p in listing if p]):
+            if kept_files >= src.cap:
+                report.over_cap[src.name] = report.over_cap.get(src.name, 0) + 1
+                continue
+            data = git(gd, "show", f"{src.commit}:{path}")
+            where = f"{src.repo}:{path}"
+            if not data:
+                report.missing_objects.append(where)  # >= 4 MiB or LFS content, absent from the snapshot
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            try:
+                im = decode(data)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip and list it"
+                report.undecodable.append(f"{where} ({type(exc).__name__})")
+                continue
+            parts = tiles(im, src.tile)
+            m = re.search(src.group_re, path) if src.group_re else None
+            group = f"{src.name}:{m.group(1) if m else path}"
+            made = 0
+            for i, part in enumerate(parts):
+                if min(part.size) < SIZE:
+                    report.too_small.append(f"{where}#{i} {part.size[0]}x{part.size[1]}"
+                                            + (" (< 256)" if min(part.size) < MIN_SIDE else " (< 320, no upscale)"))
+                    continue
+                rng = random.Random(int(sha[:16], 16) + i)
+                jpeg, pix = process(part, rng)
+                items.append(Item(src, path, sha, i, len(parts), group, split_of(src, group), jpeg,
+                                  hashlib.sha256(pix).hexdigest()))
+                made += 1
+            kept_files += made > 0
+        print(f"[{src.name}] {sum(1 for it in items if it.src is src)} images", file=sys.stderr)
+    return items
+
+
+def dedupe(items: list[Item], report: Report) -> list[Item]:
+    """Keep the first of exact duplicates (original bytes+tile, or decoded crop); drop cross-class pairs."""
+    drop: set[int] = set()
+    for key in ("orig", "pix"):
+        seen: dict[str, list[int]] = defaultdict(list)
+        for k, it in enumerate(items):
+            seen[f"{it.sha}#{it.tile}" if key == "orig" else it.pix_sha].append(k)
+        for ks in seen.values():
+            if len(ks) < 2:
+                continue
+            labels = {items[k].src.label for k in ks}
+            rec = {"by": key, "files": [f"{items[k].src.repo}:{items[k].path}#{items[k].tile}" for k in ks],
+                   "splits": sorted({items[k].split for k in ks}), "labels": sorted(labels)}
+            if len(labels) > 1:
+                report.cross_class.append(rec)
+                drop.update(ks)
+            else:
+                rec["scope"] = "within split" if len(rec["splits"]) == 1 else "across splits"
+                report.duplicates.append(rec)
+                drop.update(ks[1:])
+    return [it for k, it in enumerate(items) if k not in drop]
+
+
+# ---- format-bias check ----------------------------------------------------------------------------
+
+FEATURES = ("file_size", "quant_mean", "laplacian_var")
+
+
+def features(jpeg: bytes) -> list[float]:
+    im = Image.open(io.BytesIO(jpeg))
+    q = np.concatenate([np.asarray(t, dtype=float) for t in im.quantization.values()])
+    g = np.asarray(im.convert("L"), dtype=float)
+    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1]
+    return [float(len(jpeg)), float(q.mean()), float(lap.var())]
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 25) -> np.ndarray:
+    """Newton's method on standardised features with a bias column; small L2 for stability."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(xb.shape[1])
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
+        grad = xb.T @ (p - y) + l2 * w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + l2 * np.eye(len(w))
+        w -= np.linalg.solve(hess, grad)
+    return w
+
+
+def grouped_cv_accuracy(x: np.ndarray, y: np.ndarray, groups: list[str], folds: int = 10) -> float:
+    fold = np.array([int(hashlib.sha256(g.encode()).hexdigest()[:8], 16) % folds for g in groups])
+    correct = 0
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        if not te.any() or len(set(y[tr])) < 2:
+            continue
+        mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-9
+        w = fit_logistic((x[tr] - mu) / sd, y[tr])
+        xt = np.hstack([(x[te] - mu) / sd, np.ones((te.sum(), 1))])
+        correct += int((((xt @ w) > 0).astype(float) == y[te]).sum())
+    return correct / len(y)
+
+
+def bias_check(items: list[Item]) -> dict:
+    """Can file size, JPEG tables and sharpness alone predict the label? Near 50% is the goal.
+
+    Balanced by subsampling the larger class (deterministically), so chance is 50%."""
+    by_label = {lab: sorted((it for it in items if it.src.label == lab), key=lambda it: it.pix_sha)
+                for lab in ("real", "fake")}
+    n = min(len(v) for v in by_label.values())
+    sample = by_label["real"][:n] + by_label["fake"][:n]
+    x = np.array([features(it.jpeg) for it in sample])
+    y = np.array([1.0 if it.src.label == "fake" else 0.0 for it in sample])
+    groups = [it.group for it in sample]
+    out = {"n_per_class": n, "features": list(FEATURES), "accuracy": grouped_cv_accuracy(x, y, groups),
+           "single_feature_accuracy": {f: grouped_cv_accuracy(x[:, [k]], y, groups) for k, f in enumerate(FEATURES)},
+           "class_means": {lab: dict(zip(FEATURES, x[y == v].mean(0).round(3).tolist(), strict=True))
+                           for lab, v in (("real", 0.0), ("fake", 1.0))}}
+    if out["accuracy"] > 0.65:
+        out["carried_by"] = max(out["single_feature_accuracy"], key=out["single_feature_accuracy"].get)
+    return out
+
+
+# ---- output ---------------------------------------------------------------------------------------
+
+
+def write(items: list[Item], out: Path, report: Report) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for it in sorted(items, key=lambda it: it.rel):
+        dest = out / it.rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(it.jpeg)
+        s = it.src
+        rows.append({"path": it.rel, "label": s.label, "source": s.name, "generator": s.generator,
+                     "group": it.group, "split": it.split, "origin_repo": s.repo, "origin_commit": s.commit,
+                     "origin_path": it.path + (f"#tile{it.tile}" if it.ntiles > 1 else ""),
+                     "origin_sha256": it.sha, "licence": s.licence, "family": s.family})
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    counts = Counter((r["source"], r["generator"], r["family"], r["label"], r["split"]) for r in rows)
+    summary = {
+        "images": len(rows),
+        "by_label_split": {f"{lab}/{sp}": n for (lab, sp), n in
+                           sorted(Counter((r["label"], r["split"]) for r in rows).items())},
+        "by_generator": dict(sorted(Counter(r["generator"] for r in rows).items())),
+        "counts": [{"source": k[0], "generator": k[1], "family": k[2], "label": k[3], "split": k[4], "n": n}
+                   for k, n in sorted(counts.items())],
+        "held_out": {"test_generator": sorted(TEST_GENERATORS), "test_real": TEST_REAL_SOURCE},
+        "sources": [{k: getattr(s, k) for k in ("name", "repo", "commit", "label", "generator", "family",
+                                                 "licence", "include", "exclude", "tile", "notes")} for s in SOURCES],
+        "quality": {k: getattr(report, k) for k in ("missing_mirrors", "missing_objects", "undecodable", "too_small",
+                                                     "over_cap", "duplicates", "cross_class")},
+        "bias_check": bias_check(items),
+    }
+    (out / "build_report.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    report = Report()
+    items = dedupe(collect(args.mirrors, report), report)
+    s = write(items, args.out, report)
+    q = s["quality"]
+    print(f"\n{s['images']} images -> {args.out}")
+    print(f"{'source':16} {'generator':30} {'family':10} {'label':5} {'split':15} n")
+    for c in s["counts"]:
+        print(f"{c['source']:16} {c['generator']:30} {c['family']:10} {c['label']:5} {c['split']:15} {c['n']}")
+    print("by label/split:", s["by_label_split"])
+    print(f"missing objects {len(q['missing_objects'])}, undecodable {len(q['undecodable'])}, too small "
+          f"{len(q['too_small'])}, over cap {q['over_cap']}, duplicate sets {len(q['duplicates'])} "
+          f"({sum(d['scope'] == 'across splits' for d in q['duplicates'])} across splits), "
+          f"cross-class dropped {len(q['cross_class'])}")
+    for u in q["undecodable"][:20]:
+        print("  undecodable:", u)
+    b = s["bias_check"]
+    print(f"format-bias check (size, JPEG tables, sharpness; grouped 10-fold CV, {b['n_per_class']}/class): "
+          f"{b['accuracy']:.1%}; single features {({k: round(v, 3) for k, v in b['single_feature_accuracy'].items()})}"
+          + (f"; carried by {b['carried_by']}" if "carried_by" in b else ""))
+
+
+if __name__ == "__main__":
+    main()
