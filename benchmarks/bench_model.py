@@ -92,17 +92,22 @@ def main() -> None:
 
 
 def measure(eng: dict[str, Callable[[np.ndarray], object]], batch_sizes: list[int],
-            seconds: float) -> list[tuple[int, str, float, float]]:
-    """(batch, engine, images/s, ratio to the slowest at that batch) for each pair.
+            seconds: float, size: tuple[int, int] = (200, 200)) -> list[tuple[int, str, float, float]]:
+    """(batch, engine, images/s, ratio to the slowest at that batch) for each pair,
+    on uint8 batches of `size` (w, h).
 
     Engines run the same uint8 batch, interleaved round by round, so a noisy
-    neighbour slows them all alike; a GPU engine is synchronised before its clock stops."""
-    import torch
+    neighbour slows them all alike; a torch CUDA engine is synchronised before its
+    clock stops (ONNX Runtime's `run` returns host arrays: it has finished)."""
+    sync = lambda: None  # noqa: E731
+    if any("torch" in name and "cuda" in name for name in eng):
+        import torch
 
+        sync = torch.cuda.synchronize
     rng = np.random.default_rng(0)
     rows = []
     for bs in batch_sizes:
-        x = rng.integers(0, 256, (bs, 200, 200, 3), dtype=np.uint8)
+        x = rng.integers(0, 256, (bs, size[1], size[0], 3), dtype=np.uint8)
         for run in eng.values():
             run(x)  # warm-up (CUDA contexts, allocator, graph optimisation)
         counts = dict.fromkeys(eng, 0)
@@ -112,8 +117,8 @@ def measure(eng: dict[str, Callable[[np.ndarray], object]], batch_sizes: list[in
             for name, run in eng.items():
                 t = time.perf_counter()
                 run(x)
-                if "cuda" in name:
-                    torch.cuda.synchronize()
+                if "torch" in name and "cuda" in name:
+                    sync()
                 spent[name] += time.perf_counter() - t
                 counts[name] += bs
         rates = {n: counts[n] / spent[n] for n in eng}

@@ -14,7 +14,10 @@ rewrites it once per machine into a plain fp32 graph (each int8 weight dequantiz
 each integer matrix product a float one), which is batch-invariant (tested) and
 about as fast on the CPU, and wraps it so that it takes the same input as every MAI
 model, `image: uint8[N, 224, 224, 3]`, with CLIP's normalisation inside. The
-result is cached in the app folder (`$MAI_HOME/backbones/`, about 345 MB).
+result is cached in the app folder (`$MAI_HOME/backbones/`, about 345 MB). For CUDA,
+`feature_graph(bb, precision="fp16")` converts that fp32 graph once more
+(`mai.graphs.to_fp16`: half-precision weights and arithmetic, layer norms with fp32
+statistics, fp32 outputs; about 173 MB), cached beside it.
 
 Outputs of the feature graph: `embed` (the 512-d projected image embedding),
 `cls` (the 768-d class token of the last layer, before the final layer norm) and
@@ -29,8 +32,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 from mai.appdir import app_dir
 from mai.artifact import sha256_file
 from mai.errors import MaiError
+from mai.graphs import FP16_VERSION, save_atomic, to_fp16
 
 FEATURES = ("embed", "cls", "layers")
 #: The feature graph's build: part of the cache name, so a new output rebuilds it once.
@@ -140,39 +142,42 @@ def verified(bb: Backbone) -> Path:
     return path
 
 
-def cache_path(bb: Backbone) -> Path:
-    return app_dir() / "backbones" / f"{bb.name}-{bb.sha256[:12]}.g{GRAPH_VERSION}.fp32.onnx"
+PRECISIONS = ("fp32", "fp16")
 
 
-def feature_graph(bb: Backbone, log: Callable[[str], None] | None = None) -> Path:
-    """The fp32, uint8-input feature graph of `bb`, built on first use and cached.
+def cache_path(bb: Backbone, precision: str = "fp32") -> Path:
+    # GRAPH_VERSION keys both (and the probes' feature caches); the fp16 conversion has its own.
+    kind = "fp32" if precision == "fp32" else f"fp16v{FP16_VERSION}"
+    return app_dir() / "backbones" / f"{bb.name}-{bb.sha256[:12]}.g{GRAPH_VERSION}.{kind}.onnx"
+
+
+def feature_graph(bb: Backbone, log: Callable[[str], None] | None = None, precision: str = "fp32") -> Path:
+    """The uint8-input feature graph of `bb` in `precision` (fp32, or fp16 for CUDA),
+    built on first use and cached; the fp16 graph is made from the fp32 one.
 
     The installed file is checked every time (a removed or altered backbone is an
     error, whatever the cache holds); the cache is written under a temporary name
     and renamed, so a cut build leaves nothing half-written behind."""
+    if precision not in PRECISIONS:
+        raise BackboneError(f"unknown precision {precision!r} for a backbone graph; use fp32 or fp16")
     src = verified(bb)
-    out = cache_path(bb)
+    out = cache_path(bb, precision)
     if out.is_file():
         return out
     try:
-        import onnx  # noqa: F401
+        import onnx
     except ImportError:
-        raise BackboneError("building the backbone's fp32 graph needs the onnx package: pip install onnx") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
+        raise BackboneError("building the backbone's graph needs the onnx package: pip install onnx") from None
+    if precision == "fp16":
+        fp32 = feature_graph(bb, log)
+        if log is not None:
+            log(f"model: building the fp16 graph of the {bb.name} backbone once, in {out.parent} (about 173 MB)")
+        model = to_fp16(onnx.load(str(fp32)))
+        model.graph.name = f"mai.{bb.name}.fp16"
+        return save_atomic(model, out)
     if log is not None:
         log(f"model: building the fp32 graph of the {bb.name} backbone once, in {out.parent} (about 345 MB)")
-    model = _rewrite(src, bb)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        import onnx
-
-        onnx.save(model, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return save_atomic(_rewrite(src, bb), out)
 
 
 def _rewrite(src: Path, bb: Backbone) -> Any:

@@ -6,6 +6,10 @@ available on machines without a GPU and then falls back to the CPU silently,
 printing errors; so we ask for CUDA only when the driver library loads, hide
 ONNX Runtime's own log lines, check the providers the session really got, and
 say in one quiet line which one runs.
+
+Precision follows one rule, `precisions_for`: fp16 on CUDA, fp32 on the CPU. It
+picks the file in a model folder, the graph a stored int8 model is expanded into
+(`mai.graphs.expand`), and a probe's backbone graph (`mai.backbone.feature_graph`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 from mai.artifact import ArtifactError, model_dir
 from mai.errors import MaiError
+from mai.graphs import COMPACT_SUFFIX, is_compact
 from mai.preprocess import PreprocessSpec
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -107,6 +112,8 @@ class OnnxModel:
     fallback_reason: str | None = None
     head: Any = None
     feature: str | None = None  # the feature graph's output the head reads
+    backbone_precision: str | None = None  # a probe's feature graph: fp32 or fp16
+    source: Path | None = None  # the file resolved: `path` itself, or the int8 file `path` was expanded from
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -127,7 +134,8 @@ class OnnxModel:
 
     @property
     def precision(self) -> str:
-        return self.meta.get("mai.precision", "fp32")
+        """What the scores are computed in: a probe's backbone graph, else the file's."""
+        return self.backbone_precision or self.meta.get("mai.precision", "fp32")
 
     @property
     def device(self) -> str:
@@ -140,7 +148,7 @@ class OnnxModel:
     def describe(self) -> str:
         short = self.provider.replace("ExecutionProvider", "")
         why = f" ({self.fallback_reason})" if self.fallback_reason else ""
-        on = f" (backbone {self.backbone} fp32)" if self.backbone else ""
+        on = f" (backbone {self.backbone} {self.backbone_precision})" if self.backbone else ""
         return f"{self.model_id} {self.precision}{on} on ONNX Runtime {short}{why}"
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,23 +200,36 @@ def _session(ort: Any, f: Path, opts: Any, providers: list[str]) -> Any:
 REQUIRED_META = ("mai.schema", "mai.model_id", "mai.preprocess", "mai.threshold", "mai.uncertain")
 
 
-def resolve_onnx(path: str | os.PathLike[str] | None, device: str) -> Path:
+def precisions_for(device: str, prefer: str | None = None) -> tuple[str, str]:
+    """The one precision rule, best first: fp16 on CUDA (tensor cores), fp32 on the
+    CPU (ONNX Runtime's CPU provider runs fp16 slower). `prefer` goes first when given."""
+    order = ("fp16", "fp32") if device == "cuda" else ("fp32", "fp16")
+    if prefer is None:
+        return order
+    if prefer not in order:
+        raise SessionError(f"unknown precision {prefer!r}; use fp32 or fp16")
+    return prefer, next(p for p in order if p != prefer)
+
+
+def resolve_onnx(path: str | os.PathLike[str] | None, device: str, prefer: str | None = None) -> Path:
     """A .onnx file from a file, a model folder, or None (the default model).
 
-    In a folder, fp16 is preferred on CUDA and fp32 elsewhere (fp16 runs slower
-    on the CPU provider).
+    In a folder: `model.<precision>.onnx` in `precisions_for(device, prefer)`'s
+    order, else the stored int8 form `model.int8.onnx` (which `open_model` expands).
     """
     p = model_dir(path)
     if p.is_file():
         return p
     if not p.exists():
         raise SessionError(f"model not found: {p}")
-    order = ["fp16", "fp32"] if device == "cuda" else ["fp32", "fp16"]
-    for prec in order:
+    for prec in precisions_for(device, prefer):
         f = p / f"model.{prec}.onnx"
         if f.is_file():
             return f
-    raise SessionError(f"{p} holds no model.fp32.onnx or model.fp16.onnx; "
+    f = p / f"model{COMPACT_SUFFIX}"
+    if f.is_file():
+        return f
+    raise SessionError(f"{p} holds no model.fp32.onnx, model.fp16.onnx or model{COMPACT_SUFFIX}; "
                        f"create them with `mai export onnx --model {p}`")
 
 
@@ -232,10 +253,12 @@ def usable_default(log: Any = None) -> Path:
 
 
 def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto", threads: int | None = None,
-               log: Any = None) -> OnnxModel:
+               log: Any = None, precision: str | None = None) -> OnnxModel:
     """Open a MAI ONNX model on the best provider `device` allows.
 
-    `log` (a callable taking one line) hears which provider runs.
+    `log` (a callable taking one line) hears which provider runs. `precision`
+    (fp32 or fp16) overrides the device's rule (`precisions_for`), e.g. to measure
+    fp32 on CUDA; a folder without that file gives the other.
     """
     if device not in DEVICES:
         raise SessionError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
@@ -250,13 +273,24 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
         providers, reason = gpu_providers(ort)
         if device == "cuda" and not providers:
             raise SessionError(f"--device cuda: CUDA cannot be used here: {reason}; use --device cpu or auto")
-    f = resolve_onnx(path, "cuda" if providers else "cpu")
+    want = precisions_for("cuda" if providers else "cpu", precision)[0]
+    f = source = resolve_onnx(path, "cuda" if providers else "cpu", precision)
+    if is_compact(f):  # stored int8: expanded once per machine into the precision wanted here
+        from mai.graphs import GraphError, expand
+
+        try:
+            f = expand(f, want, log)
+        except GraphError as e:
+            raise SessionError(str(e)) from e
+        except Exception as e:  # noqa: BLE001 - onnx raises its own types on a broken file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SessionError(f"cannot expand {f}: {first}") from e
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
     sess = _session(ort, f, opts, [*providers, CPU])
-    head, feature = None, None
+    head, feature, bb_precision = None, None, None
     meta = dict(sess.get_modelmeta().custom_metadata_map)
     if "mai.backbone" in meta:
         # A probe: the file is its head; the backbone's feature graph does the heavy work.
@@ -273,7 +307,8 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
             if ref.get("sha256") != bb.sha256:
                 raise BackboneError(f"{f} was trained on another build of {bb.name} than this MAI knows; "
                                     "upgrade MAI or re-train the probe")
-            sess = _session(ort, feature_graph(bb, log), opts, [*providers, CPU])
+            bb_precision = want
+            sess = _session(ort, feature_graph(bb, log, want), opts, [*providers, CPU])
         except BackboneError as e:
             raise BackboneUnavailable(f"{meta.get('mai.model_id', f)} needs its backbone: {e}") from e
         except (KeyError, TypeError, ValueError) as e:
@@ -289,7 +324,7 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
         raise SessionError(f"{f} is not a MAI model (missing metadata {', '.join(missing)}); "
                            "export one with `mai export onnx`")
     model = OnnxModel(f, sess, active, meta, reason if device == "auto" and active == CPU and providers else None,
-                      head, feature)
+                      head, feature, bb_precision, source)
     try:
         _ = model.spec  # parse it now: a bad spec is an error at open, not mid-scan
     except MaiError as e:
@@ -300,4 +335,4 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
 
 
 __all__ = ["OnnxModel", "SessionError", "BackboneUnavailable", "open_model", "usable_default", "resolve_onnx",
-           "gpu_providers", "ArtifactError"]
+           "precisions_for", "gpu_providers", "ArtifactError"]

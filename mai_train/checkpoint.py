@@ -94,7 +94,13 @@ def load_torch_model(art: Artifact) -> Any:
     except (UnknownModelError, TypeError) as e:
         raise ArtifactError(f"{art.path}: cannot build architecture: {e}") from e
     if not art.weights.is_file():
-        raise ArtifactError(f"{art.path} has no {WEIGHTS_NAME}")
+        from mai.artifact import shipped_models
+
+        shipped = art.path.resolve() in {p.resolve() for p in shipped_models().values()}
+        raise ArtifactError(f"{art.path} has no {WEIGHTS_NAME}" + (
+            "; MAI ships this model as ONNX only: restore its torch weights with `git show "
+            f"ffe2b7a:mai/pretrained/{art.path.name}/{WEIGHTS_NAME} > {WEIGHTS_NAME}` in that folder "
+            "(a checkout of the repository), or retrain with the command in its mai.json" if shipped else ""))
     want = art.meta.get("weights_sha256")
     if want and sha256_file(art.weights) != want:
         raise ArtifactError(

@@ -319,18 +319,30 @@ def export_group() -> None:
 
 @export_group.command("onnx")
 @click.option("--model", "model_path", default=None, help="Model folder (default: the embedded model).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "all"]),
-              help="fp32 for CPUs; fp16 for GPUs (weights and arithmetic in half precision).")
+@click.option("--precision", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "fp16", "int8", "all"]),
+              help="fp32 for CPUs; fp16 for GPUs (weights and arithmetic in half precision); int8: int8 "
+                   "weights, the compact form MAI ships a CNN in; all: fp32 and fp16.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder for model.<precision>.onnx (default: the model folder itself).")
 def onnx_cmd(model_path: str | None, precision: str, out: str | None) -> None:
     """Export to ONNX and prove it: checker, CPU session, parity with torch on
-    random and real images (fp32 within 1e-4, fp16 within 1e-2 in probability).
-    A file that fails its proof is never left behind.
+    random and real images (fp32 within 1e-4, fp16 and int8 within 1e-2 in
+    probability); fp16 also runs on CUDA where a GPU is usable. A file that fails
+    its proof is never left behind.
+
+    A CNN: model.fp32.onnx, model.fp16.onnx, model.int8.onnx (mai-scan expands an
+    int8 file once per machine into fp32 for the CPU or fp16 for CUDA).
+
+    A probe: its file is the head, always fp32 (proven against the numpy head).
+    Its fp16 part is its backbone's graph, which mai-scan uses on CUDA: `all`
+    writes the head, builds that graph in $MAI_HOME/backbones/ and proves the pair
+    against the fp32 pair on random and real images (within 1e-2).
 
     \b
     Examples:
-      mai export onnx                                  # the embedded model
+      mai export onnx                                  # the embedded model (a probe)
+      mai export onnx --precision all                  # + its backbone's fp16 graph, proven
       mai export onnx --model runs/cifake --precision all
     """
     from mai_train.export import export_onnx

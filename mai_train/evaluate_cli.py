@@ -60,7 +60,8 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
         from mai_train.vlm.evaluate import score_items as score_vlm
 
         scored = score_vlm(scorer.score, ds, items, batch_size=batch_size, perturb=perturb)
-    elif art.meta["architecture"]["name"] == "probe":
+    elif art.meta["architecture"]["name"] == "probe" or not art.weights.is_file():
+        # A probe has no torch module; a shipped CNN ships as ONNX only (mai/pretrained).
         scored = score_items_onnx(art, ds, items, device, batch_size, perturb)
     else:
         require_torch("mai eval")
@@ -77,7 +78,7 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
 
 def score_items_onnx(art: Any, ds: DataSet, items: list[Item], device: str, batch_size: int,
                      perturb: Any) -> Scored:
-    """Score with the model's ONNX files, as mai-scan runs them (probe models have no torch module)."""
+    """Score with the model's ONNX files, as mai-scan runs them (probes and shipped models have no torch weights)."""
     from mai.session import open_model
 
     model = open_model(art.path, device)

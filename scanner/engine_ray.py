@@ -47,7 +47,9 @@ everywhere). Workers change to the driver's working folder when it exists
 there, so relative paths work on one machine and on clusters that mount the
 same tree; give absolute paths otherwise. The driver resolves the model file
 once (fp16 in a model folder when workers get GPUs, fp32 otherwise) and every
-worker opens that same file, so all records carry one model id and precision.
+worker opens that same file, so all records carry one model id and precision (a
+stored int8 file, as the shipped CIFAKE model is, each machine expands into that
+precision in its own app folder).
 
 Not supported on Ray (yet): a second opinion (`--vlm`), which would need the
 VLM on every worker.
@@ -206,14 +208,18 @@ class RayEngine:
     def open_model(self) -> RayModel:
         """Open the model in the driver, for its metadata only (on the CPU).
         Pins the exact .onnx file every worker opens."""
-        from mai.session import SessionError, open_model, resolve_onnx
+        from mai.session import SessionError, open_model, precisions_for, resolve_onnx
 
+        device = "cpu" if self.worker_device == "cpu" else "cuda"
         try:
-            f = str(resolve_onnx(self.model_path, "cpu" if self.worker_device == "cpu" else "cuda").resolve())
+            f = str(resolve_onnx(self.model_path, device).resolve())
         except SessionError:
             f = self.model_path  # open_model says what is wrong, in its words
-        model = open_model(f, "cpu", 1, None)
-        self.model_file = str(model.path.resolve())
+        # In the precision the workers will use, so ids, precision and scan state agree with theirs.
+        model = open_model(f, "cpu", 1, None, precision=precisions_for(device)[0])
+        # The file as resolved (a stored int8 file, not the driver's own expansion of it): each
+        # worker expands it in its own app folder, as it builds a probe's backbone graph.
+        self.model_file = str((model.source or model.path).resolve())
         self.log(f"model: {model.model_id} {model.precision} ({self.model_file}), scored by Ray workers")
         return RayModel(model, self)
 
@@ -283,7 +289,7 @@ class RayEngine:
         if second_opinion is not None:
             raise MaiError("a second opinion (--vlm) does not run on Ray workers yet; use --engine local")
         if self.model_file is None:
-            self.model_file = str(model.path.resolve())
+            self.model_file = str((getattr(model, "source", None) or model.path).resolve())
         opts = options or EngineOptions()
         q: queue.Queue = queue.Queue(maxsize=opts.queue_size)
         stop = threading.Event()

@@ -82,6 +82,28 @@ def test_fp16_export_within_tolerance(tmp_path):
     assert open_model(out / "model.fp16.onnx", device="cpu").precision == "fp16"
 
 
+def test_int8_export_is_the_stored_form_the_scanner_expands(tmp_path):
+    out = make_artifact(tmp_path / "m", seed=8)
+    (r8,) = export_onnx(out, ("int8",))
+    assert r8.max_diff_random <= 1e-2 and r8.max_diff_real <= 1e-2 and "CUDA" not in r8.line()
+    m = onnx.load(str(out / "model.int8.onnx"))
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in m.graph.initializer)
+    assert "DequantizeLinear" in {n.op_type for n in m.graph.node}
+    model = open_model(out, device="cpu")  # the folder's only file: expanded to the CPU's fp32
+    assert model.precision == "fp32" and model.source == out / "model.int8.onnx" and model.path != model.source
+    x = real_images(load_artifact(out))
+    import torch
+
+    with torch.inference_mode():
+        want = torch.sigmoid(load_torch_model(load_artifact(out))(torch.from_numpy(x))).numpy()
+    assert np.max(np.abs(model.predict(x)[1] - want)) <= 1e-2
+
+
+def test_shipped_model_without_torch_weights_says_how_to_restore_them():
+    with pytest.raises(ArtifactError, match=r"ships this model as ONNX only: restore its torch weights with `git show"):
+        export_onnx("mai-cnn-cifake", ("fp32",))
+
+
 def test_failed_parity_leaves_no_file(tmp_path, monkeypatch):
     out = make_artifact(tmp_path / "m", seed=4)
     import mai_train.export as ex
