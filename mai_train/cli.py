@@ -96,6 +96,8 @@ def train_cnn_cmd(**kw: Any) -> None:
 @click.option("--exclude-source", multiple=True,
               help="Glob on source names kept out of training and validation (repeatable), e.g. held-out data.")
 @click.option("--cap", multiple=True, help="NAME=N: at most N images per source and label of data set NAME.")
+@click.option("--val-cap", multiple=True, help="NAME=N: as --cap, for the validation split (default: --cap's).")
+@click.option("--weight", multiple=True, help="NAME=W: each training image of data set NAME counts W times.")
 @click.option("--augment", default=None, type=click.Choice(["wild", "web", "jpeg50", "jpeg75"]),
               help="Also train on one processed copy of each image (wild: random crop, resize 0.25-1x, JPEG q30-95).")
 @click.option("--val-perturb", multiple=True, type=click.Choice(["wild", "web", "jpeg50", "jpeg75"]),
@@ -128,7 +130,7 @@ def train_probe_cmd(**kw: Any) -> None:
     from mai_train.train_probe import L2_GRID, ProbeConfig, train_probe
 
     kw["l2"] = tuple(kw["l2"]) or L2_GRID
-    for k in ("data", "exclude_source", "cap", "val_perturb"):
+    for k in ("data", "exclude_source", "cap", "val_cap", "weight", "val_perturb"):
         kw[k] = tuple(kw[k])
     console = stderr_console()
     train_probe(ProbeConfig(**kw), log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
@@ -204,12 +206,18 @@ def train_vlm_cmd(**kw: Any) -> None:
 @click.option("--jpeg-quality", default=None, type=click.IntRange(1, 100),
               help="Re-encode every image as JPEG at this quality first: a fair test when the real and "
                    "fake images differ in format, and a robustness test.")
+@click.option("--perturb", default=None, type=click.Choice(["web", "jpeg50", "jpeg75", "wild"]),
+              help="Process every image first, as the web does: web (0.6x, then JPEG q75), jpeg50, jpeg75, "
+                   "wild (the training augmentation).")
+@click.option("--no-cache", is_flag=True,
+              help="Probes on the CPU reuse the feature cache ($MAI_HOME/features: the same graph and "
+                   "preprocessing); this runs the ONNX pair end to end instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--base", default=None, help="VLM adapters: the base folder (default: the one in its mai.json).")
 @click.option("--trust-remote-code", is_flag=True, help="VLM adapters: run the base's own code (moondream2).")
 def eval_cmd(model_path: str | None, data: str, split: str, real_split: str | None, limit: int | None,
-             batch_size: int, device: str, jpeg_quality: int | None, as_json: bool, base: str | None = None,
-             trust_remote_code: bool = False) -> None:
+             batch_size: int, device: str, jpeg_quality: int | None, perturb: str | None, no_cache: bool,
+             as_json: bool, base: str | None = None, trust_remote_code: bool = False) -> None:
     """Evaluate a model: accuracy, balanced accuracy, ROC-AUC, AP, TPR/FPR at its
     stored threshold, and a per-source table.
 
@@ -219,11 +227,12 @@ def eval_cmd(model_path: str | None, data: str, split: str, real_split: str | No
       mai eval --model runs/cifake --data cifake-train.tar --split val --json
       mai eval --data forensynths-samples.tar --jpeg-quality 90
       mai eval --data modern-train.tar --split test_generator --real-split val
+      mai eval --data imagenet-samples-real.tar --perturb jpeg50
     """
     from mai_train.evaluate_cli import run_eval
 
     rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality, real_split, base,
-                   trust_remote_code)
+                   trust_remote_code, perturb=perturb, cache=not no_cache)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:

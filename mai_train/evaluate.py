@@ -131,16 +131,9 @@ def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: Preprocess
 
 def jpeg_reencoder(quality: int) -> Callable[[Image.Image], Image.Image]:
     """Re-encode as JPEG at `quality` (4:2:0), as a fair-evaluation perturbation."""
+    from mai_train.augment import jpeg_at
 
-    def reencode(im: Image.Image) -> Image.Image:
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=quality)
-        buf.seek(0)
-        out = Image.open(buf)
-        out.load()
-        return out
-
-    return reencode
+    return jpeg_at(quality)
 
 
 def report(scored: Scored, threshold: float, band: tuple[float, float] | None = None) -> dict[str, Any]:

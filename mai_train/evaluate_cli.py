@@ -36,7 +36,7 @@ def eval_items(ds: DataSet, split: str, real_split: str | None = None, limit: in
 def run_eval(model_path: str | None, data: str, split: str = "all", limit: int | None = None,
              batch_size: int = 128, device: str = "auto", jpeg_quality: int | None = None,
              real_split: str | None = None, base: str | None = None,
-             trust_remote_code: bool = False) -> dict[str, Any]:
+             trust_remote_code: bool = False, *, perturb: str | None = None, cache: bool = True) -> dict[str, Any]:
     """`mai eval`: any model (a torch artifact, a probe through its ONNX pair, or a
     VLM adapter with its base) scored on `items` the way it runs, one report."""
     from mai.vlm import VLMScorer, is_vlm_adapter
@@ -55,8 +55,17 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
         threshold, band, calibration = art.threshold, art.uncertain, art.meta.get("calibration")
     ds = open_dataset(data)
     items = eval_items(ds, split, real_split, limit)
-    perturb = jpeg_reencoder(jpeg_quality) if jpeg_quality else None
-    if scorer is not None:
+    if perturb and jpeg_quality:
+        raise MaiError("--perturb and --jpeg-quality both process the images: give one")
+    perturb_name = perturb or (f"jpeg{jpeg_quality}" if jpeg_quality in (50, 75) else None)
+    from mai_train.augment import PERTURBATIONS
+
+    perturb = PERTURBATIONS[perturb_name] if perturb_name else jpeg_reencoder(jpeg_quality) if jpeg_quality else None
+    on_cpu = device == "cpu" or (device == "auto" and not _cuda_usable())
+    if scorer is None and cache and on_cpu and art.meta["architecture"]["name"] == "probe" and \
+            (perturb_name or not jpeg_quality):
+        scored = score_probe_cached(art, ds, items, perturb_name)
+    elif scorer is not None:
         from mai_train.vlm.evaluate import score_items as score_vlm
 
         scored = score_vlm(scorer.score, ds, items, batch_size=batch_size, perturb=perturb)
@@ -74,6 +83,31 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
         "unreadable_items": [{"path": p, "error": e} for p, e in scored.unreadable],
         **report(scored, threshold, band),
     }
+
+
+def _cuda_usable() -> bool:
+    import onnxruntime as ort
+
+    from mai.session import gpu_providers
+
+    return bool(gpu_providers(ort)[0])
+
+
+def score_probe_cached(art: Any, ds: DataSet, items: list[Item], perturb: str | None) -> Scored:
+    """A probe scored from the feature cache (`mai_train.train_probe.cached_features`:
+    the same feature graph and preprocessing as a scan, features computed once per
+    data set, items and perturbation) and its head, which `mai export` proves equal
+    to the ONNX head within 1e-4."""
+    from mai.backbone import get_backbone
+    from mai.console import stderr_console
+    from mai_train.train_probe import cached_features, load_head
+
+    console = stderr_console()
+    bb = get_backbone(art.meta["backbone"]["name"])
+    f = cached_features(bb, ds, items, art.spec, None, 16, perturb=perturb,
+                        log=lambda line: console.print(line, markup=False, highlight=False))
+    feature = art.meta["architecture"]["args"]["feature"]
+    return Scored(load_head(art).prob(f.feats[feature]), f.labels, f.sources, f.relpaths, f.unreadable)
 
 
 def score_items_onnx(art: Any, ds: DataSet, items: list[Item], device: str, batch_size: int,

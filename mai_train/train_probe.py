@@ -54,6 +54,8 @@ class ProbeConfig:
     blocks: str | None = None  # `layers` only: 1-based block numbers, "4-12" or "6,9,12"
     exclude_source: Sequence[str] = ()  # glob patterns: sources kept out of training and validation
     cap: Sequence[str] = ()  # "NAME=N": at most N items per (source, label) of the data set NAME
+    val_cap: Sequence[str] = ()  # "NAME=N" for the validation split (default: as --cap)
+    weight: Sequence[str] = ()  # "NAME=W": each training row of data set NAME counts W times (default 1)
     augment: str | None = None  # a perturbation: training also sees one processed copy of each image
     val_perturb: Sequence[str] = ()  # validation also holds these processed copies
     calibrate: str = "val"  # "val": on the validation split; "unseen": each generator's scores from a head without it
@@ -147,6 +149,19 @@ def _caps(pairs: Sequence[str]) -> dict[str, int]:
     return caps
 
 
+def _weights(pairs: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        name, _, w = pair.partition("=")
+        try:
+            out[name] = float(w)
+        except ValueError:
+            out[name] = -1.0
+        if not out[name] > 0:
+            raise ProbeError(f"--weight {pair!r}: use NAME=W, W a positive number (e.g. cifake-train=0.2)")
+    return out
+
+
 @dataclass
 class Pool:
     """Features of one split of several data sets, clean and processed copies, as rows."""
@@ -157,10 +172,13 @@ class Pool:
     relpaths: list[str]
     copy: np.ndarray  # the perturbation that made the row ("" for the file as it is)
     unreadable: list[tuple[str, str]]
+    weight: np.ndarray  # how much each row counts in the fit
+    dataset: np.ndarray  # the data set's name
 
     def rows(self, mask: np.ndarray) -> Pool:
         return Pool(self.x[mask], self.labels[mask], self.sources[mask],
-                    [r for r, m in zip(self.relpaths, mask, strict=True) if m], self.copy[mask], [])
+                    [r for r, m in zip(self.relpaths, mask, strict=True) if m], self.copy[mask], [], self.weight[mask],
+                    self.dataset[mask])
 
     def scored(self, probs: np.ndarray) -> Scored:
         return Scored(np.asarray(probs, np.float64), self.labels, list(self.sources), self.relpaths, self.unreadable)
@@ -170,19 +188,23 @@ def load_pool(bb: Backbone, spec: PreprocessSpec, sets: Sequence[DataSet], split
               perturbs: Sequence[str | None], cfg: ProbeConfig, log: Any = None) -> Pool:
     from mai_train.probe_data import select
 
-    caps = _caps(cfg.cap)
+    caps, weights = _caps(cfg.cap), _weights(cfg.weight)
+    if split != "train":
+        caps.update(_caps(cfg.val_cap))
     parts = []
     for ds in sets:
         items = select(ds, split, cfg.exclude_source, caps.get(ds.name))
         for p in perturbs:
             f = cached_features(bb, ds, items, spec, cfg.threads, cfg.batch_size, log=log, perturb=p)
-            parts.append((f, p or ""))
-    return Pool(np.concatenate([f.feats[feature] for f, _ in parts]),
-                np.concatenate([f.labels for f, _ in parts]),
-                np.asarray([s for f, _ in parts for s in f.sources], dtype=object),
-                [r for f, _ in parts for r in f.relpaths],
-                np.asarray([p for f, p in parts for _ in f.labels], dtype=object),
-                [u for f, _ in parts for u in f.unreadable])
+            parts.append((f, p or "", weights.get(ds.name, 1.0), ds.name))
+    return Pool(np.concatenate([f.feats[feature] for f, *_ in parts]),
+                np.concatenate([f.labels for f, *_ in parts]),
+                np.asarray([s for f, *_ in parts for s in f.sources], dtype=object),
+                [r for f, *_ in parts for r in f.relpaths],
+                np.asarray([p for f, p, _, _ in parts for _ in f.labels], dtype=object),
+                [u for f, *_ in parts for u in f.unreadable],
+                np.asarray([w for f, _, w, _ in parts for _ in f.labels], dtype=np.float64),
+                np.asarray([d for f, _, _, d in parts for _ in f.labels], dtype=object))
 
 
 def unseen_generators(tr: Pool, va: Pool, fit: Any, full: np.ndarray, say: Any) -> tuple[np.ndarray, dict[str, Any]]:
@@ -190,7 +212,8 @@ def unseen_generators(tr: Pool, va: Pool, fit: Any, full: np.ndarray, say: Any) 
     fakes get the score of a head that never saw it, as an unseen generator would.
     Returns those out-of-fold scores (reals and smaller sources keep `full`'s) and
     per generator the ROC-AUC of its unseen fakes (training and validation files,
-    as they are) against the clean validation reals."""
+    as they are) against the clean validation reals of its own data set (reals of
+    another data set may differ in size or format, which would flatter the score)."""
     from mai_train import metrics
 
     oof = np.array(full, np.float64)
@@ -204,11 +227,13 @@ def unseen_generators(tr: Pool, va: Pool, fit: Any, full: np.ndarray, say: Any) 
         mine = (va.labels == 1) & (va.sources == g)
         oof[mine] = head.prob(va.x[mine])
         unseen = np.concatenate([head.prob(tr.x[out & (tr.copy == "")]), oof[mine & (va.copy == "")]])
-        reals = head.prob(va.x[(va.labels == 0) & (va.copy == "")])
+        home = set(tr.dataset[out])
+        reals = head.prob(va.x[(va.labels == 0) & (va.copy == "") & np.isin(va.dataset, list(home))])
         auc = metrics.roc_auc(np.concatenate([unseen, reals]),
                               np.concatenate([np.ones(len(unseen)), np.zeros(len(reals))]))
         table[g] = {"fake": int(len(unseen)), "real": int(len(reals)), "roc_auc": auc}
-        say(f"  without {g}: its {len(unseen)} fakes vs {len(reals)} val reals, ROC-AUC {auc:.4f}")
+        say(f"  without {g}: its {len(unseen)} fakes vs {len(reals)} val reals of {', '.join(sorted(home))}, "
+            f"ROC-AUC {auc:.4f}")
     aucs = [t["roc_auc"] for t in table.values() if t["roc_auc"] is not None]
     return oof, {"per_generator": table, "mean_roc_auc": float(np.mean(aucs)) if aucs else None}
 
@@ -240,7 +265,7 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
 
     tried = []
     for l2 in cfg.l2:
-        head = fit_logistic(tr.x, tr.labels, l2, blocks=nblocks, select=select)
+        head = fit_logistic(tr.x, tr.labels, l2, blocks=nblocks, select=select, weight=tr.weight)
         auc = metrics.roc_auc(head.prob(va.x), va.labels) or 0.0
         tried.append({"l2": l2, "val_roc_auc": auc})
         say(f"  l2 {l2:g}: val ROC-AUC {auc:.4f}")
@@ -249,7 +274,7 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
     l2 = max(t["l2"] for t in tried if t["val_roc_auc"] >= best_auc - 0.002)
 
     def fit(pool: Pool) -> Head:
-        return fit_logistic(pool.x, pool.labels, l2, blocks=nblocks, select=select)
+        return fit_logistic(pool.x, pool.labels, l2, blocks=nblocks, select=select, weight=pool.weight)
 
     head = fit(tr)
     val_probs = head.prob(va.x)
@@ -284,14 +309,16 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
         **cal,
         "data": {"sources": [{"path": str(d), "fingerprint": ds.fingerprint(), "split_rule": ds.split_rule,
                               "counts": ds.counts()} for d, ds in zip(data, sets, strict=True)],
-                 "exclude_source": list(cfg.exclude_source), "cap": list(cfg.cap),
+                 "exclude_source": list(cfg.exclude_source), "cap": list(cfg.cap), "val_cap": list(cfg.val_cap),
+                 "weight": list(cfg.weight),
                  "rows": {"train": len(tr.labels), "val": len(va.labels)},
                  "augment": cfg.augment, "val_perturb": list(cfg.val_perturb),
                  "unreadable_train": len(tr.unreadable), "unreadable_val": len(va.unreadable)},
         "train": {
             "command": " ".join(["mai", *sys.argv[1:]]) if sys.argv and "mai" in Path(sys.argv[0]).name else None,
             "config": {**asdict(cfg), "data": data, "l2": list(cfg.l2), "exclude_source": list(cfg.exclude_source),
-                       "cap": list(cfg.cap), "val_perturb": list(cfg.val_perturb)},
+                       "cap": list(cfg.cap), "val_cap": list(cfg.val_cap),
+                 "weight": list(cfg.weight), "val_perturb": list(cfg.val_perturb)},
             "l2_chosen": l2, "l2_tried": tried,
             "selected_by": "val ROC-AUC (the strongest l2 within 0.002 of the best)",
             "train_metrics": train_rep, "wall_s": round(time.monotonic() - t0, 1),

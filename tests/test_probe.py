@@ -234,6 +234,27 @@ def test_layers_probe_with_blocks_augmentation_and_unseen_calibration(tiny, tmp_
                                 feature="layers", blocks="0-3"))
 
 
+def test_probe_data_flags_say_the_fix(tiny, tmp_path: Path) -> None:
+    from mai_train.probe_data import select
+    from mai_train.train_probe import ProbeConfig, _caps, _weights, parse_blocks, train_probe
+
+    assert parse_blocks("4-6,12", 12) == (3, 4, 5, 11) and parse_blocks(None, 3) == (0, 1, 2)
+    assert _caps(["a=3"]) == {"a": 3} and _weights(["b=0.25"]) == {"b": 0.25}
+    for bad, fn in (("a=0", _caps), ("a", _caps), ("b=-1", _weights), ("b=x", _weights)):
+        with pytest.raises(MaiError, match="NAME="):
+            fn([bad])
+    with pytest.raises(MaiError, match="add --feature layers"):
+        train_probe(ProbeConfig(data=(str(_data(tmp_path / "d")),), out=str(tmp_path / "o"), backbone="tiny-clip",
+                                feature="cls", blocks="1"))
+    from mai_train.data import open_dataset
+
+    ds = open_dataset(_data(tmp_path / "d2", n=12))
+    capped = select(ds, "train", cap=2)
+    assert len(capped) == 4 and {(it.source, it.label) for it in capped} == {("src0", 0), ("src1", 1)}
+    assert capped == select(ds, "train", cap=2)  # stable
+    assert select(ds, "train", exclude=("src1",)) == [it for it in ds.split("train") if it.source == "src0"]
+
+
 def test_the_wild_augmentation_is_a_pure_function_of_the_pixels() -> None:
     from mai_train.augment import PERTURBATIONS, wild, wild_ops
 
@@ -270,9 +291,21 @@ def test_mai_eval_and_export_on_a_probe(probe_dir: Path, capsys) -> None:
     r = CliRunner().invoke(cli, ["eval", "--model", str(probe_dir), "--data", data, "--split", "test_generator",
                                  "--real-split", "val", "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    rep = json.loads(r.output)
+    rep = json.loads(r.stdout)
     assert (rep["real"], rep["fake"]) == (4, 4) and rep["real_split"] == "val"
     assert "tpr_at_fpr_1pct" in rep and "tpr_at_fpr_5pct" in rep
+    # A probe on the CPU is scored from the feature cache; --no-cache runs the ONNX pair: the same scores.
+    reps = []
+    for extra in ([], ["--no-cache"]):
+        r = CliRunner().invoke(cli, ["eval", "--model", str(probe_dir), "--data", data, "--split", "val", "--json",
+                                     "--device", "cpu", "--perturb", "web", *extra])
+        assert r.exit_code == 0, r.output
+        reps.append(json.loads(r.stdout))
+    assert reps[0]["n"] == reps[1]["n"] == 8
+    assert reps[0]["accuracy"] == reps[1]["accuracy"] and abs(reps[0]["roc_auc"] - reps[1]["roc_auc"]) < 1e-9
+    r = CliRunner().invoke(cli, ["eval", "--model", str(probe_dir), "--data", data, "--perturb", "web",
+                                 "--jpeg-quality", "50"])
+    assert isinstance(r.exception, MaiError) and "give one" in str(r.exception)
     # Known errors are MaiErrors: `mai` prints them as one line with exit status 2 (run_main).
     r = CliRunner().invoke(cli, ["eval", "--model", str(probe_dir), "--data", data, "--split", "nope"])
     assert isinstance(r.exception, MaiError) and "test_generator" in str(r.exception)
