@@ -62,11 +62,14 @@ class Artifact:
         return self.path / f"model.{precision}.onnx"
 
 
-#: The default: a probe on frozen CLIP features, trained on modern generators. It
+#: The default: a probe on frozen CLIP features (six blocks' class tokens), trained
+#: on modern generators, the gathered wild set and CIFAKE, with processed copies. It
 #: needs its backbone installed (`mai.backbone`); without it, mai-scan falls back to
-#: FALLBACK_NAME, the MAI CNN trained on CIFAKE, and says so.
-DEFAULT_NAME = "mai-clip-modern"
+#: FALLBACK_NAME, the MAI CNN trained on CIFAKE, and says so. The models before it
+#: stay selectable by name (`--model mai-clip-modern`).
+DEFAULT_NAME = "mai-clip-wild"
 FALLBACK_NAME = "mai-cnn-cifake"
+EARLIER_NAMES = ("mai-clip-modern",)
 
 
 def shipped_dir(name: str) -> Path:
@@ -80,7 +83,7 @@ def default_model_dir() -> Path:
 
 def shipped_models() -> dict[str, Path]:
     """The models inside the package, by name, the default first."""
-    return {name: shipped_dir(name) for name in (DEFAULT_NAME, FALLBACK_NAME)}
+    return {name: shipped_dir(name) for name in (DEFAULT_NAME, *EARLIER_NAMES, FALLBACK_NAME)}
 
 
 def model_dir(path: str | os.PathLike[str] | None) -> Path:

