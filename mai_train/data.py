@@ -54,6 +54,7 @@ class Item:
     source: str  # family / generator, for per-source metrics
     loc: str | tuple[int, int]  # a file path, or (offset, size) inside an uncompressed tar
     split: str | None = None  # the data set's own split (a manifest's `split` column), else the hash rule
+    generator: str | None = None  # a manifest's `generator` column (one generator may span several sources)
 
 
 def is_val(relpath: str, percent: int = VAL_PERCENT) -> bool:
@@ -256,7 +257,8 @@ def _with_manifest_splits(items: list[Item], raw: bytes, root: Path) -> list[Ite
         r = by_path.get(it.relpath)
         if r is None:
             raise DataError(f"{root}: {it.relpath} is not in {MANIFEST_NAME}, which splits the data set")
-        out.append(Item(it.relpath, it.label, r.get("source") or it.source, it.loc, r["split"] or None))
+        out.append(Item(it.relpath, it.label, r.get("source") or it.source, it.loc, r["split"] or None,
+                        r.get("generator") or None))
     return out
 
 

@@ -85,7 +85,7 @@ def unit_blocks(x: np.ndarray, blocks: int = 1, select: Sequence[int] = (0,)) ->
         raise ValueError(f"a {d}-d feature does not split into {blocks} blocks")
     parts = x.reshape(n, blocks, d // blocks)[:, list(select)]
     parts = parts / np.maximum(np.linalg.norm(parts, axis=2, keepdims=True), 1e-12)
-    return parts.reshape(n, -1)
+    return parts.reshape(n, len(select) * (d // blocks))
 
 
 #: Up to this many features the Newton step is a direct solve; above, conjugate

@@ -174,11 +174,12 @@ class Pool:
     unreadable: list[tuple[str, str]]
     weight: np.ndarray  # how much each row counts in the fit
     dataset: np.ndarray  # the data set's name
+    generator: np.ndarray  # the manifest's generator, else the source
 
     def rows(self, mask: np.ndarray) -> Pool:
         return Pool(self.x[mask], self.labels[mask], self.sources[mask],
                     [r for r, m in zip(self.relpaths, mask, strict=True) if m], self.copy[mask], [], self.weight[mask],
-                    self.dataset[mask])
+                    self.dataset[mask], self.generator[mask])
 
     def scored(self, probs: np.ndarray) -> Scored:
         return Scored(np.asarray(probs, np.float64), self.labels, list(self.sources), self.relpaths, self.unreadable)
@@ -196,43 +197,49 @@ def load_pool(bb: Backbone, spec: PreprocessSpec, sets: Sequence[DataSet], split
         items = select(ds, split, cfg.exclude_source, caps.get(ds.name))
         for p in perturbs:
             f = cached_features(bb, ds, items, spec, cfg.threads, cfg.batch_size, log=log, perturb=p)
-            parts.append((f, p or "", weights.get(ds.name, 1.0), ds.name))
+            gen = {it.relpath: it.generator or it.source for it in items}
+            parts.append((f, p or "", weights.get(ds.name, 1.0), ds.name, [gen[r] for r in f.relpaths]))
     return Pool(np.concatenate([f.feats[feature] for f, *_ in parts]),
                 np.concatenate([f.labels for f, *_ in parts]),
                 np.asarray([s for f, *_ in parts for s in f.sources], dtype=object),
                 [r for f, *_ in parts for r in f.relpaths],
-                np.asarray([p for f, p, _, _ in parts for _ in f.labels], dtype=object),
+                np.asarray([p for f, p, *_ in parts for _ in f.labels], dtype=object),
                 [u for f, *_ in parts for u in f.unreadable],
-                np.asarray([w for f, _, w, _ in parts for _ in f.labels], dtype=np.float64),
-                np.asarray([d for f, _, _, d in parts for _ in f.labels], dtype=object))
+                np.asarray([w for f, _, w, *_ in parts for _ in f.labels], dtype=np.float64),
+                np.asarray([d for f, _, _, d, _ in parts for _ in f.labels], dtype=object),
+                np.asarray([g for *_, gens in parts for g in gens], dtype=object))
 
 
 def unseen_generators(tr: Pool, va: Pool, fit: Any, full: np.ndarray, say: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """Leave each fake source (generator) out of training in turn: its validation
-    fakes get the score of a head that never saw it, as an unseen generator would.
-    Returns those out-of-fold scores (reals and smaller sources keep `full`'s) and
-    per generator the ROC-AUC of its unseen fakes (training and validation files,
-    as they are) against the clean validation reals of its own data set (reals of
-    another data set may differ in size or format, which would flatter the score)."""
+    """Leave each generator out of training in turn (a manifest's `generator`,
+    else the source): its validation fakes get the score of a head that never saw
+    it, as an unseen generator would. A generator is left out only where its data
+    set keeps other generators in training: leaving out a data set's only one
+    (CIFAKE's) removes a whole kind of image, not a generator. Returns those
+    out-of-fold scores (reals and the rest keep `full`'s) and per generator the
+    ROC-AUC of its unseen fakes (training and validation files, as they are)
+    against the clean validation reals of its own data set (reals of another data
+    set may differ in size or format, which would flatter the score)."""
     from mai_train import metrics
 
     oof = np.array(full, np.float64)
     table: dict[str, Any] = {}
     fakes = tr.labels == 1
-    for g in sorted(set(tr.sources[fakes])):
-        out = fakes & (tr.sources == g)
-        if (out & (tr.copy == "")).sum() < MIN_HELD_OUT:
+    for g in sorted(set(tr.generator[fakes])):
+        out = fakes & (tr.generator == g)
+        home = sorted(set(tr.dataset[out]))
+        others = fakes & ~out & np.isin(tr.dataset, home) & (tr.copy == "")
+        if (out & (tr.copy == "")).sum() < MIN_HELD_OUT or others.sum() < MIN_HELD_OUT:
             continue
         head = fit(tr.rows(~out))
-        mine = (va.labels == 1) & (va.sources == g)
+        mine = (va.labels == 1) & (va.generator == g)
         oof[mine] = head.prob(va.x[mine])
         unseen = np.concatenate([head.prob(tr.x[out & (tr.copy == "")]), oof[mine & (va.copy == "")]])
-        home = set(tr.dataset[out])
-        reals = head.prob(va.x[(va.labels == 0) & (va.copy == "") & np.isin(va.dataset, list(home))])
+        reals = head.prob(va.x[(va.labels == 0) & (va.copy == "") & np.isin(va.dataset, home)])
         auc = metrics.roc_auc(np.concatenate([unseen, reals]),
                               np.concatenate([np.ones(len(unseen)), np.zeros(len(reals))]))
-        table[g] = {"fake": int(len(unseen)), "real": int(len(reals)), "roc_auc": auc}
-        say(f"  without {g}: its {len(unseen)} fakes vs {len(reals)} val reals of {', '.join(sorted(home))}, "
+        table[g] = {"data": home, "fake": int(len(unseen)), "real": int(len(reals)), "roc_auc": auc}
+        say(f"  without {g}: its {len(unseen)} fakes vs {len(reals)} val reals of {', '.join(home)}, "
             f"ROC-AUC {auc:.4f}")
     aucs = [t["roc_auc"] for t in table.values() if t["roc_auc"] is not None]
     return oof, {"per_generator": table, "mean_roc_auc": float(np.mean(aucs)) if aucs else None}
@@ -253,6 +260,12 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
         raise ProbeError("--blocks picks transformer blocks of the `layers` feature: add --feature layers")
     select = parse_blocks(cfg.blocks, nblocks)
     sets = [open_dataset(d) for d in data]
+    from mai_train.data_check import check, summary_lines
+
+    quality = check(sets, decode=False)  # unreadable files are also counted as features are extracted
+    if quality.problems:
+        for line in summary_lines(quality):
+            say(f"data check: {line}")
     t0 = time.monotonic()
     tr = load_pool(bb, spec, sets, "train", cfg.feature, (None, cfg.augment) if cfg.augment else (None,), cfg, say)
     va = load_pool(bb, spec, sets, "val", cfg.feature, (None, *cfg.val_perturb), cfg, say)
@@ -283,6 +296,9 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
         say("calibrating on unseen generators (each left out of training in turn):")
         val_probs, unseen = unseen_generators(tr, va, fit, val_probs, say)
     cal = calibrate(va.scored(val_probs), cfg.target_fpr, cfg.band_precision)
+    if len(cfg.val_perturb):
+        cal["calibration"]["on"] = (f"{len(va.labels)} validation rows (each file as it is and processed by "
+                                    f"{', '.join(cfg.val_perturb)})")
     if unseen is not None:
         cal["calibration"]["on"] += (", each generator's fakes scored by a head trained without it "
                                      f"(mean leave-one-generator-out ROC-AUC {unseen['mean_roc_auc']:.4f})")
@@ -313,7 +329,8 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
                  "weight": list(cfg.weight),
                  "rows": {"train": len(tr.labels), "val": len(va.labels)},
                  "augment": cfg.augment, "val_perturb": list(cfg.val_perturb),
-                 "unreadable_train": len(tr.unreadable), "unreadable_val": len(va.unreadable)},
+                 "unreadable_train": len(tr.unreadable), "unreadable_val": len(va.unreadable),
+                 "check": {k: len(v) if isinstance(v, list) else v for k, v in quality.to_dict().items()}},
         "train": {
             "command": " ".join(["mai", *sys.argv[1:]]) if sys.argv and "mai" in Path(sys.argv[0]).name else None,
             "config": {**asdict(cfg), "data": data, "l2": list(cfg.l2), "exclude_source": list(cfg.exclude_source),

@@ -239,6 +239,9 @@ def test_probe_data_flags_say_the_fix(tiny, tmp_path: Path) -> None:
     from mai_train.train_probe import ProbeConfig, _caps, _weights, parse_blocks, train_probe
 
     assert parse_blocks("4-6,12", 12) == (3, 4, 5, 11) and parse_blocks(None, 3) == (0, 1, 2)
+    from mai_train.probe import unit_blocks
+
+    assert unit_blocks(np.zeros((0, 24)), 2, (1,)).shape == (0, 12)  # a generator with no validation files
     assert _caps(["a=3"]) == {"a": 3} and _weights(["b=0.25"]) == {"b": 0.25}
     for bad, fn in (("a=0", _caps), ("a", _caps), ("b=-1", _weights), ("b=x", _weights)):
         with pytest.raises(MaiError, match="NAME="):
