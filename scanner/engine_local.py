@@ -145,6 +145,10 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
     ready_since = 0.0
     chunk: list[Entry] = []
     suspects: deque[Entry] = deque()  # files held by a worker that died, retried one by one
+    # Chunks a broken pool refused at submit: a worker died and the pool is marked
+    # broken before the collect step has seen the dead future. They never ran (so
+    # they are not suspects) and are resubmitted once the pool has restarted.
+    deferred: deque[list[Entry]] = deque()
     isolating: Future | None = None
     pool_works = False  # a worker has returned something: the pool itself can run
     walk_done = False
@@ -172,12 +176,27 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
         for i in range(0, len(to_cpu), opts.chunk_size):
             decode_on_cpu(to_cpu[i:i + opts.chunk_size])
 
-    def decode_on_cpu(entries: list[Entry]) -> None:
+    def decode_on_cpu(entries: list[Entry]) -> bool:
+        """Decode `entries` (inline or in the pool); False when a broken pool refused them."""
         paths = [e.path for e in entries]
         if not pool.workers:
             take(pool.inline(paths), entries)
-        else:
+            return True
+        try:
             inflight[pool.submit(paths)] = entries
+            return True
+        except BrokenProcessPool:
+            deferred.append(entries)
+            if not any(f not in reading for f in inflight):  # no dead future left to reveal it: restart now
+                restart()
+            return False
+
+    def restart() -> None:
+        nonlocal pool_works, isolating
+        isolating = None
+        pool.restart()
+        if not pool_works:
+            pool_works = pool.alive()
 
     def deliver(batch: list[tuple[Entry, Decoded]], records: list[dict[str, Any] | None]) -> None:
         refused: list[tuple[Entry, Decoded]] = []
@@ -201,7 +220,11 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
         while True:
             # 1. Pull walked files while there is room for more decode work.
             starved = False
-            while not walk_done and not suspects and len(inflight) < max_inflight and len(ready) < opts.batch_size:
+            while deferred and not suspects and len(inflight) < max_inflight:
+                if not decode_on_cpu(deferred.popleft()):
+                    break  # refused again: the collect step restarts the pool first
+            while not walk_done and not suspects and not deferred and len(inflight) < max_inflight \
+                    and len(ready) < opts.batch_size:
                 idle = not inflight and not ready and not chunk
                 try:
                     item = q.get(timeout=0.1) if idle else q.get_nowait()
@@ -247,19 +270,20 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
                         entries = inflight.pop(fut)
                         if fut is not isolating:
                             suspects.extend(entries)
-                    isolating = None
-                    pool.restart()
-                    if not pool_works:
-                        pool_works = pool.alive()
+                    restart()
             if suspects and len(inflight) == len(reading) and pool.workers:
                 e = suspects.popleft()
-                isolating = pool.submit([e.path])
-                inflight[isolating] = [e]
+                try:
+                    isolating = pool.submit([e.path])
+                    inflight[isolating] = [e]
+                except BrokenProcessPool:  # broken with nothing of ours in it: restart, then retry it
+                    suspects.appendleft(e)
+                    restart()
 
             # 3. Infer full batches, or a partial one that waited long enough. On the
             # GPU path a thread of its own decodes and scores them, so this thread
             # keeps collecting reads and writing records meanwhile.
-            finished = walk_done and not inflight and not chunk and not suspects
+            finished = walk_done and not inflight and not chunk and not suspects and not deferred
             while ready and len(scoring) < 2 and (len(ready) >= opts.batch_size or finished
                                                   or time.monotonic() - ready_since >= opts.latency_s):
                 batch, ready = ready[:opts.batch_size], ready[opts.batch_size:]
@@ -270,14 +294,15 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
                     scoring.append((scorer.submit(describe, *args), batch))
                 ready_since = time.monotonic()
             if scoring:
-                if not (inflight or ready or chunk or suspects):  # nothing else to do: wait for the GPU
+                if not (inflight or ready or chunk or suspects or deferred):  # nothing else to do: wait for the GPU
                     wait([scoring[0][0]], timeout=0.05)
                 while scoring and scoring[0][0].done():
                     fut, batch = scoring.popleft()
                     deliver(batch, fut.result())
             if tick is not None:
                 tick()
-            if walk_done and not inflight and not chunk and not suspects and not ready and not scoring:
+            if walk_done and not inflight and not chunk and not suspects and not deferred and not ready \
+                    and not scoring:
                 break
         clean = True
     finally:

@@ -145,6 +145,38 @@ def test_a_file_that_kills_its_worker_is_an_error_record(model: Any, tmp_path: P
     assert bad[0]["error"]["kind"] == "decode" and "crashed" in bad[0]["error"]["message"]
 
 
+@pytest.mark.parametrize("attempt", range(int(os.environ.get("MAI_RACE_RUNS", "5"))))  # 1000 for the campaign
+def test_a_pool_broken_before_the_collect_step_loses_nothing(model: Any, tmp_path: Path, monkeypatch,
+                                                             attempt: int) -> None:
+    """The race made certain: every submit after the first waits until the first
+    chunk's worker has died, so the pool is already broken when the next chunks are
+    submitted (before the collect step has seen the dead future). The refused chunks
+    wait for the restart; the culprit becomes one error record; nothing is lost."""
+    from concurrent.futures import wait as wait_all
+
+    from scanner import engine_local
+
+    tiny_pngs(tmp_path / "lib", 9)
+    (tmp_path / "lib" / "crash-0.png").write_bytes(encode(photo(), "PNG"))  # walked first
+    first: list[Any] = []
+    submit = engine_local._Pool.submit
+
+    def submit_after_the_death(self: Any, paths: list[str]) -> Any:
+        if first:
+            wait_all(first)
+        fut = submit(self, paths)
+        if not first:
+            first.append(fut)
+        return fut
+
+    monkeypatch.setattr(engine_local._Pool, "submit", submit_after_the_death)
+    opts = EngineOptions(workers=2, batch_size=4, chunk_size=2, decode_fn=crashing_decode_chunk)
+    recs = _collect(walk([str(tmp_path / "lib")]), model, Decision(0.5), options=opts)
+    assert len(recs) == 10 and len({r["path"] for r in recs}) == 10
+    bad = [os.path.basename(r["path"]) for r in recs if r["verdict"] == "error"]
+    assert bad == ["crash-0.png"]
+
+
 def test_interrupt_stops_cleanly(model: Any, tmp_path: Path) -> None:
     tiny_pngs(tmp_path / "lib", 40)
     seen: list[dict] = []
