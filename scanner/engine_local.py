@@ -91,9 +91,17 @@ class _Pool:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=init_worker)
 
     def submit(self, paths: list[str]) -> Future:
+        """Raises BrokenProcessPool when the pool cannot take work: besides the
+        executor's own BrokenProcessPool, a submit that races its teardown can fail
+        while spawning a replacement worker on a pipe already closed (OSError,
+        EOFError; seen about once in 200 runs of the race test), or find it shut
+        down (RuntimeError). All mean the same here: restart, resubmit."""
         if self.ex is None:
             self.ex = self._start()
-        return self.ex.submit(self.opts.decode_fn, paths, self.spec, self.opts.max_pixels, self.opts.draft)
+        try:
+            return self.ex.submit(self.opts.decode_fn, paths, self.spec, self.opts.max_pixels, self.opts.draft)
+        except (OSError, EOFError, RuntimeError) as e:
+            raise BrokenProcessPool(f"the decode pool is going down: {type(e).__name__}: {e}") from e
 
     def inline(self, paths: list[str]) -> list[Decoded]:
         return self.opts.decode_fn(paths, self.spec, self.opts.max_pixels, self.opts.draft)
