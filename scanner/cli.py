@@ -47,6 +47,7 @@ Examples:
   mai-scan ./photos --jsonl - | jq -r 'select(.verdict=="synthetic").path'
   mai-scan ./dump --include '*.png' --exclude 'thumbs/*' --workers 4
   mai-scan ./photos --device cuda --jsonl out.jsonl  # nvJPEG decode + fp16 model on the GPU
+  mai-scan ./photos --jsonl out.jsonl --html report.html  # + a page of thumbnails and verdicts
   mai-scan upload.jpg --fail-on synthetic      # exit 4 if it looks generated
   mai-scan ./photos --vlm models/SmolVLM-256M-Instruct --vlm-adapter runs/vlm-lora
                                                # uncertain images get a VLM's second opinion
@@ -77,6 +78,16 @@ again). After Ctrl-C or a killed process, --resume with the
 same --jsonl FILE cuts the file after its last complete line, skips the files
 already in it and appends the rest: every file ends up there exactly once.
 Records come in completion order, not walk order.
+
+\b
+HTML report (--html FILE): one self-contained page, written when the scan
+ends (also after Ctrl-C): verdict counts, a score histogram, the model's
+threshold and band, the scan's speed, then a grid of thumbnails (paged, 200
+a page) with verdict, score, deciding stage and provenance signals, filters by
+verdict, signal and stage, a path search, sorting, a detail view per record
+and the error records with their reasons. Paths are shown relative to the
+folder above each PATH. `mai report out.jsonl --html report.html` makes the
+same page from records already written.
 
 \b
 Exit status:
@@ -140,6 +151,14 @@ Exit status:
               help="With --engine ray: GPUs each Ray worker reserves (0.25: four workers share a GPU).")
 @click.option("--out-dir", metavar="DIR", default=None,
               help="Write records as JSON Lines shards in DIR, with a manifest.json of complete shards.")
+@click.option("--html", "html", metavar="FILE", default=None,
+              help="Also write an HTML report to FILE: thumbnails, verdicts, evidence, filters; one file, "
+                   "openable offline (works with every other output).")
+@click.option("--html-thumbs", type=click.Choice(["auto", "all", "none"]), default=None,
+              help="Thumbnails in the --html report (each is a second decode of its file): auto keeps them "
+                   "within 3% of the scan's CPU time after the first 8, flagged files first; all makes every "
+                   "one; none, none. Embedded up to 1,000, else in a folder FILE.thumbs/ beside the page. "
+                   " [default: auto]")
 @click.option("--vlm", "vlm", metavar="BASE", default=None,
               help="Send the images the CNN is unsure of to this vision-language model (a local folder; "
                    "the vlm extra); their records get stage 'vlm' and both scores.")
@@ -171,7 +190,8 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
          rescan: bool, no_state: bool, max_pixels: int | None, no_draft: bool, examples: bool,
          fail_on: tuple[str, ...], quiet: bool, engine: str = "local", ray_address: str | None = None,
          gpus_per_worker: float = 0.0, out_dir: str | None = None, vlm: str | None = None,
-         vlm_adapter: str | None = None, trust_remote_code: bool = False, decoder: str = "auto") -> int:
+         vlm_adapter: str | None = None, trust_remote_code: bool = False, decoder: str = "auto",
+         html: str | None = None, html_thumbs: str | None = None) -> int:
     """Run one scan; returns the exit status. The flags become an engine, a
     decision rule and a `ScanJob`, which does the rest."""
     import dataclasses
@@ -183,7 +203,7 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     from scanner.walk import WalkOptions, walk
 
     roots = scan_roots(paths, examples)
-    outputs = Outputs.check(jsonl, view, out_dir, resume, quiet)
+    outputs = Outputs.check(jsonl, view, out_dir, resume, quiet, html=html, html_thumbs=html_thumbs)
     if engine != "ray" and (ray_address or gpus_per_worker):
         raise ScanError("--ray-address and --gpus-per-worker need --engine ray")
     # The default, or its fallback where the default's backbone is missing.
@@ -202,7 +222,8 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
 
     state_key = None if no_state else (f"{model.model_id}|{model.precision}"
                                        + (f"|vlm={opinion.model_id}" if opinion is not None else ""))
-    job = ScanJob(model, decision, outputs, state_key=state_key, rescan=rescan, fail_on=fail_on, lines=lines)
+    job = ScanJob(model, decision, outputs, state_key=state_key, rescan=rescan, fail_on=fail_on, lines=lines,
+                  roots=roots, max_pixels=max_pixels)
     if workers is None:
         # A few named files decode faster here than a pool starts.
         few_files = len(roots) <= 4 and all(os.path.isfile(r) for r in roots)

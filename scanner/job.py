@@ -62,10 +62,24 @@ class Outputs:
     out_dir: str | None
     resume: bool
     quiet: bool
+    html: str | None = None  # --html FILE: the HTML report (scanner.report), besides the other outputs
+    html_thumbs: str = "auto"
 
     @classmethod
-    def check(cls, jsonl: str | None, view: str, out_dir: str | None, resume: bool, quiet: bool) -> Outputs:
+    def check(cls, jsonl: str | None, view: str, out_dir: str | None, resume: bool, quiet: bool,
+              html: str | None = None, html_thumbs: str | None = None) -> Outputs:
         """The outputs the flags ask for, or a ScanError before anything is opened."""
+        if html is not None:
+            from scanner.report import ReportError, check_target
+
+            try:
+                check_target(html)
+            except ReportError as e:
+                raise ScanError(str(e)) from None
+            if jsonl not in (None, "-") and os.path.abspath(jsonl) == os.path.abspath(html):
+                raise ScanError("--html and --jsonl name the same file: give the report its own name")
+        elif html_thumbs is not None:
+            raise ScanError("--html-thumbs needs --html FILE")
         if out_dir is not None:
             from scanner.shards import check_out_dir
 
@@ -83,7 +97,7 @@ class Outputs:
                     else "table" if sys.stdout.isatty() else "plain")
         elif view == "jsonl" and jsonl not in (None, "-"):
             raise ScanError("--format jsonl writes JSON Lines to stdout; with --jsonl FILE choose table, plain or none")
-        return cls(jsonl, view, out_dir, resume, quiet)
+        return cls(jsonl, view, out_dir, resume, quiet, html, html_thumbs or "auto")
 
     @property
     def file(self) -> str | None:
@@ -105,9 +119,12 @@ class ScanJob:
 
     def __init__(self, model: Any, decision: Decision, outputs: Outputs, *, state_key: str | None,
                  rescan: bool = False, fail_on: Sequence[str] = (),
-                 lines: Callable[[], list[str]] = list) -> None:
+                 lines: Callable[[], list[str]] = list, roots: Sequence[str] = (),
+                 max_pixels: int | None = None) -> None:
         self.model, self.decision, self.outputs = model, decision, outputs
         self.rescan, self.fail_on, self.extra_lines = rescan, tuple(fail_on), lines
+        self.roots, self.max_pixels = tuple(roots), max_pixels  # for the HTML report: paths shown, thumbnails
+        self.report: Any = None  # a scanner.report.ReportWriter with --html
         self.summary = Summary()
         self.done: Any = None  # with --resume: the paths already in the output (a sinks.PathSet)
         self.state: Any = None
@@ -175,20 +192,42 @@ class ScanJob:
             self.sinks.append(PlainView())
         elif out.view == "jsonl" and self.writer is None:
             self.sinks.append(JsonlWriter("-"))
+        if out.html is not None:
+            self._open_report()
+
+    def _open_report(self) -> None:
+        from scanner.decode import DEFAULT_MAX_PIXELS
+        from scanner.report import ReportWriter, read_records, strip_dirs
+
+        d = self.decision
+        model = {"id": self.model.model_id, "describe": strip_dirs(self.model.describe()), "threshold": d.threshold,
+                 "band": list(d.band) if d.band else None}
+        self.report = ReportWriter(self.outputs.html, roots=self.roots, thumbs=self.outputs.html_thumbs,
+                                   models=[model], max_pixels=self.max_pixels or DEFAULT_MAX_PIXELS)
+        if self.outputs.resume and self.outputs.file:
+            # The report covers the whole scan: the records already written come first.
+            for record in read_records([self.outputs.file]):
+                self.report.write(record)
 
     def emit(self, record: dict[str, Any], entry: Entry | None, cached: bool = False) -> None:
         # The output first: a crash between the two leaves a record without its
         # state row (rescored later), never a state row without its record.
         for s in self.sinks:
             s.write(record)
+        if self.report is not None:
+            self.report.write(record, entry.path if entry is not None else None)
         self.summary.add(record, cached)
         if self.state is not None and entry is not None and not cached and record["error"] is None:
             self.state.put(entry.key, entry.size, entry.mtime_ns, facts_of(record))
 
-    def _close(self) -> None:
+    def _close(self, interrupted: bool = False) -> None:
         for closable in (self.state, self.writer, self.shards):
             if closable is not None:
                 closable.close()
+        if self.report is not None:
+            # Last: the report reads nothing the other outputs hold, and a failure
+            # to write it (a full disk) leaves them complete.
+            self.report.close(self.summary, interrupted=interrupted)
 
     # ------------------------------------------------------------------ the run
 
@@ -217,7 +256,7 @@ class ScanJob:
         finally:
             self.summary.finished = time.monotonic()
             progress.stop()
-            self._close()
+            self._close(interrupted=status == EXIT_INTERRUPTED)
         if status == EXIT_PIPE:
             return status
         if not self.outputs.quiet:
@@ -231,6 +270,13 @@ class ScanJob:
     def _summary_lines(self, interrupted: bool) -> list[tuple[str, str]]:
         lines = self.summary.lines(f"model: {self.model.describe()}", self.outputs.file)
         lines.extend((f"  {line}", "") for line in self.extra_lines())
+        if self.report is not None:
+            r = self.report
+            thumbs = {"embedded": f", {r.thumb_count:,} thumbnails embedded",
+                      "folder": f", {r.thumb_count:,} thumbnails in {r.thumb_dir}"}.get(r.mode, ", no thumbnails")
+            if r.skipped:
+                thumbs += f", {r.skipped:,} skipped to keep the scan fast (--html-thumbs all makes every one)"
+            lines.append((f"  report: {r.target} ({r.count:,} records{thumbs})", ""))
         if interrupted:
             how = ("run the same command with --resume to finish" if self.outputs.file
                    else "run it again: files already scored come from the scan state")

@@ -135,3 +135,31 @@ def test_outputs_are_checked_before_anything_opens(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ScanError, match=error):
         Outputs.check(*args)
+
+
+def test_html_report_after_an_interrupted_scan_and_its_resume(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    # The report is a sink like the others: written after Ctrl-C (and saying so),
+    # and after --resume it holds the whole scan; paths relative to the root.
+    import re
+
+    root = _lib(tmp_path / "lib", {f"{i}.png": 10 + i for i in range(6)} | {"bad.png": 3})
+    out, page = tmp_path / "out.jsonl", tmp_path / "r.html"
+
+    def summary_and_paths() -> tuple[dict, list[str]]:
+        html = page.read_text()
+        s = re.search(r'id="mai-summary">(.*?)</script>', html, re.S).group(1)
+        d = re.search(r'id="mai-data">(.*?)</script>', html, re.S).group(1)
+        return json.loads(s), sorted(x["r"]["path"] for x in json.loads(d))
+
+    job = _job(Outputs.check(str(out), "auto", None, False, False, html=str(page)), roots=[str(root)])
+    assert _run(job, FakeEngine(stop_after=2), root) == EXIT_INTERRUPTED
+    summary, paths = summary_and_paths()
+    assert summary["interrupted"] and len(paths) == 2 and all(p.startswith("lib/") for p in paths)
+    assert f"report: {page} (2 records, no thumbnails)" in capsys.readouterr().err  # not images: none made
+    job = _job(Outputs.check(str(out), "auto", None, True, True, html=str(page)), roots=[str(root)])
+    assert _run(job, FakeEngine(), root) == EXIT_ERRORS
+    summary, paths = summary_and_paths()
+    assert not summary["interrupted"] and summary["total"] == 7 and paths == sorted(
+        [f"lib/{i}.png" for i in range(6)] + ["lib/bad.png"])
+    assert summary["models"][0]["threshold"] == 0.5 and summary["speed"]["resumed"] == 2
