@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from scanner.decode import DEFAULT_MAX_PIXELS, Decoded, decode_chunk
+from scanner.decode import DECODE_MEMORY_BYTES, DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, Decoded, decode_chunk
 from scanner.records import Decision, error_record, make_record
 from scanner.walk import Entry, WalkError
 
@@ -160,6 +160,10 @@ class EngineOptions:
     chunk_size: int = 4  # files per task sent to a worker
     inflight_per_worker: int = 4  # tasks queued per worker: keeps workers busy while the model runs
     queue_size: int = 4096  # walked entries waiting for decode
+    # Per file in a decode worker process (local engine): stopped after this long,
+    # and at most this much memory (see scanner.decode); None: no limit.
+    decode_timeout_s: float | None = DECODE_TIMEOUT_S
+    decode_memory_bytes: int | None = DECODE_MEMORY_BYTES
     # The per-chunk decode function, (paths, spec, max_pixels, draft) -> list[Decoded]:
     # a module-level function, so workers can unpickle it (another decoder plugs in here).
     decode_fn: Callable[..., list[Decoded]] = decode_chunk

@@ -12,10 +12,10 @@ Batches are full, except the last one and one that waited longer than
 `latency_s` (a slow disk or a small folder must not hold records back).
 Records are emitted in completion order, not walk order.
 
-A worker that dies (a decoder crash on a hostile file, the OOM killer) breaks
-the whole process pool; the files it held are then retried one at a time in a
-fresh pool, so the one that kills it again gets an error record and the scan
-goes on.
+A worker that dies (a decoder crash on a hostile file, the OOM killer, or a
+decode stopped by the per-file timeout) breaks the whole process pool; the
+files it held are then retried one at a time in a fresh pool, so the one that
+kills it again gets an error record and the scan goes on.
 
 The per-batch work (`describe`) and the walk thread are `scanner.engine`'s,
 shared with the Ray engine.
@@ -88,7 +88,8 @@ class _Pool:
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if ctx.get_start_method() == "forkserver":
             ctx.set_forkserver_preload(["scanner.decode"])  # workers fork with Pillow and NumPy loaded
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=init_worker)
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=init_worker,
+                                   initargs=(self.opts.decode_timeout_s, self.opts.decode_memory_bytes))
 
     def submit(self, paths: list[str]) -> Future:
         """Raises BrokenProcessPool when the pool cannot take work: besides the
@@ -137,6 +138,14 @@ class _Pool:
                 p.terminate()
 
 
+def _death(seconds: float, opts: EngineOptions) -> str:
+    """Why a worker decoding one file alone died: the timeout stopped it, or it crashed."""
+    if opts.decode_timeout_s and seconds >= 0.95 * opts.decode_timeout_s:
+        return (f"decoding took longer than {opts.decode_timeout_s:g} s and was stopped "
+                "(a hostile or broken file; the worker was ended)")
+    return "the decoder crashed on this file (worker died)"
+
+
 def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit, *,
         options: EngineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
         second_opinion: SecondOpinion | None = None, tick: Callable[[], None] | None = None) -> None:
@@ -158,6 +167,7 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
     # they are not suspects) and are resubmitted once the pool has restarted.
     deferred: deque[list[Entry]] = deque()
     isolating: Future | None = None
+    isolating_since = 0.0
     pool_works = False  # a worker has returned something: the pool itself can run
     walk_done = False
     gpu = opts.gpu
@@ -267,7 +277,7 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
                         broken = True
                         if fut is isolating:  # it died again, alone: this file kills the decoder
                             e = entries[0]
-                            emit(error_record(e.path, "decode", "the decoder crashed on this file (worker died)",
+                            emit(error_record(e.path, "decode", _death(time.monotonic() - isolating_since, opts),
                                               model=model.model_id, facts={"bytes": e.size}), e)
                         else:
                             suspects.extend(entries)
@@ -282,7 +292,7 @@ def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emi
             if suspects and len(inflight) == len(reading) and pool.workers:
                 e = suspects.popleft()
                 try:
-                    isolating = pool.submit([e.path])
+                    isolating, isolating_since = pool.submit([e.path]), time.monotonic()
                     inflight[isolating] = [e]
                 except BrokenProcessPool:  # broken with nothing of ours in it: restart, then retry it
                     suspects.appendleft(e)

@@ -18,6 +18,7 @@ from test_scan_support import (
     crashing_decode_chunk,
     encode,
     failing_init,
+    hanging_decode_chunk,
     make_library,
     photo,
     tiny_pngs,
@@ -143,6 +144,38 @@ def test_a_file_that_kills_its_worker_is_an_error_record(model: Any, tmp_path: P
     bad = [r for r in recs if r["verdict"] == "error"]
     assert sorted(os.path.basename(r["path"]) for r in bad) == ["crash-1.png", "crash-2.png"]
     assert bad[0]["error"]["kind"] == "decode" and "crashed" in bad[0]["error"]["message"]
+
+
+def test_a_decode_that_hangs_is_stopped_and_becomes_an_error_record(model: Any, tmp_path: Path) -> None:
+    tiny_pngs(tmp_path / "lib", 6)
+    (tmp_path / "lib" / "hang-0.png").write_bytes(encode(photo(), "PNG"))
+    opts = EngineOptions(workers=2, batch_size=4, chunk_size=2, decode_fn=hanging_decode_chunk,
+                         decode_timeout_s=1.0)
+    started = time.monotonic()
+    recs = _collect(walk([str(tmp_path / "lib")]), model, Decision(0.5), options=opts)
+    assert time.monotonic() - started < 30  # twice the timeout (in its chunk, then alone), plus restarts
+    assert len(recs) == 7 and len({r["path"] for r in recs}) == 7
+    bad = [r for r in recs if r["verdict"] == "error"]
+    assert [os.path.basename(r["path"]) for r in bad] == ["hang-0.png"]
+    assert bad[0]["error"]["kind"] == "decode" and "longer than 1 s" in bad[0]["error"]["message"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="the memory bound is Linux's RLIMIT_AS")
+def test_a_decode_over_the_memory_bound_is_too_large_and_the_worker_goes_on(model: Any, tmp_path: Path) -> None:
+    from PIL import Image
+
+    tiny_pngs(tmp_path / "lib", 3)
+    Image.new("RGB", (5000, 5000), (90, 120, 30)).save(tmp_path / "lib" / "big.png")  # 100 MB to decode
+    opts = EngineOptions(workers=1, batch_size=4, chunk_size=1, decode_memory_bytes=48 << 20)
+    recs = _collect(walk([str(tmp_path / "lib")]), model, Decision(0.5), options=opts)
+    by_name = {os.path.basename(r["path"]): r for r in recs}
+    assert len(by_name) == 4
+    assert by_name["big.png"]["error"]["kind"] == "too_large"
+    assert "bound of 0.046875 GiB" in by_name["big.png"]["error"]["message"]
+    assert all(r["verdict"] != "error" for name, r in by_name.items() if name != "big.png")
+    # Without the bound the same file decodes.
+    recs = _collect(walk([str(tmp_path / "lib")]), model, Decision(0.5), options=EngineOptions(workers=1))
+    assert all(r["verdict"] != "error" for r in recs)
 
 
 @pytest.mark.parametrize("attempt", range(int(os.environ.get("MAI_RACE_RUNS", "5"))))  # 1000 for the campaign

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import signal
 import struct
 import sys
@@ -176,6 +177,26 @@ def crashing_decode_chunk(paths: list[str], spec: Any, max_pixels: int, draft: b
     if any(os.path.basename(p).startswith("crash") for p in paths):
         os._exit(70)
     return decode_chunk(paths, spec, max_pixels, draft)
+
+
+def hanging_decode_chunk(paths: list[str], spec: Any, max_pixels: int, draft: bool) -> list[Any]:
+    """The real decode_chunk, whose decode of files named 'hang*' never returns
+    (like a decoder stuck in a loop): only its per-file timeout can end it."""
+    from scanner import decode
+
+    real = decode.decode_file
+
+    def decode_or_hang(path: str, *args: Any, **kw: Any) -> Any:
+        if os.path.basename(path).startswith("hang"):
+            while True:
+                time.sleep(0.01)
+        return real(path, *args, **kw)
+
+    decode.decode_file = decode_or_hang
+    try:
+        return decode.decode_chunk(paths, spec, max_pixels, draft)
+    finally:
+        decode.decode_file = real
 
 
 def failing_init() -> None:
