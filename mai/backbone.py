@@ -142,32 +142,54 @@ def verified(bb: Backbone) -> Path:
     return path
 
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def cache_path(bb: Backbone, precision: str = "fp32") -> Path:
-    # GRAPH_VERSION keys both (and the probes' feature caches); the fp16 conversion has its own.
-    kind = "fp32" if precision == "fp32" else f"fp16v{FP16_VERSION}"
+def cache_path(bb: Backbone, precision: str = "fp32", calibration: Path | None = None) -> Path:
+    # GRAPH_VERSION keys all (and the probes' feature caches); fp16 and int8 builds have their own
+    # versions, and an int8 graph the calibration file's digest too.
+    if precision == "fp32":
+        kind = "fp32"
+    elif precision == "fp16":
+        kind = f"fp16v{FP16_VERSION}"
+    else:
+        from mai.quantize import INT8_VERSION
+
+        if calibration is None:
+            raise BackboneError("an int8 backbone graph needs its calibration file")
+        kind = f"int8v{INT8_VERSION}-{sha256_file(calibration)[:12]}"
     return app_dir() / "backbones" / f"{bb.name}-{bb.sha256[:12]}.g{GRAPH_VERSION}.{kind}.onnx"
 
 
-def feature_graph(bb: Backbone, log: Callable[[str], None] | None = None, precision: str = "fp32") -> Path:
-    """The uint8-input feature graph of `bb` in `precision` (fp32, or fp16 for CUDA),
-    built on first use and cached; the fp16 graph is made from the fp32 one.
+def feature_graph(bb: Backbone, log: Callable[[str], None] | None = None, precision: str = "fp32",
+                  calibration: Path | None = None) -> Path:
+    """The uint8-input feature graph of `bb` in `precision` (fp32; fp16 for CUDA; int8
+    for CPUs, from the static ranges in `calibration`, see `mai.quantize`), built on
+    first use and cached; the fp16 and int8 graphs are made from the fp32 one and
+    carry every one of its outputs.
 
     The installed file is checked every time (a removed or altered backbone is an
     error, whatever the cache holds); the cache is written under a temporary name
     and renamed, so a cut build leaves nothing half-written behind."""
     if precision not in PRECISIONS:
-        raise BackboneError(f"unknown precision {precision!r} for a backbone graph; use fp32 or fp16")
+        raise BackboneError(f"unknown precision {precision!r} for a backbone graph; use fp32, fp16 or int8")
     src = verified(bb)
-    out = cache_path(bb, precision)
+    out = cache_path(bb, precision, calibration)
     if out.is_file():
         return out
     try:
         import onnx
     except ImportError:
         raise BackboneError("building the backbone's graph needs the onnx package: pip install onnx") from None
+    if precision == "int8":
+        from mai.quantize import Calibration, quantize  # raises GraphError for a file that does not fit
+
+        fp32 = feature_graph(bb, log)
+        if log is not None:
+            log(f"model: building the int8 graph of the {bb.name} backbone once, in {out.parent} (about 170 MB)")
+        model = quantize(onnx.load(str(fp32)), Calibration.load(calibration))  # type: ignore[arg-type]
+        model.graph.name = f"mai.{bb.name}.int8"
+        return save_atomic(model, out)
     if precision == "fp16":
         fp32 = feature_graph(bb, log)
         if log is not None:

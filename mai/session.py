@@ -7,9 +7,13 @@ printing errors; so we ask for CUDA only when the driver library loads, hide
 ONNX Runtime's own log lines, check the providers the session really got, and
 say in one quiet line which one runs.
 
-Precision follows one rule, `precisions_for`: fp16 on CUDA, fp32 on the CPU. It
-picks the file in a model folder, the graph a stored int8 model is expanded into
-(`mai.graphs.expand`), and a probe's backbone graph (`mai.backbone.feature_graph`).
+Precision follows one rule, `precisions_for`: fp16 on CUDA; on the CPU int8 where
+it has int8 dot-product instructions (VNNI, AMX, Arm dot product) and fp32
+elsewhere. It picks the file in a model folder, the graph a stored int8 model is
+expanded into (`mai.graphs.expand`), and a probe's backbone graph
+(`mai.backbone.feature_graph`). int8 is a backbone graph's precision only: a probe
+whose folder ships static calibration ranges (`int8.json`, `mai.quantize`) runs its
+backbone in int8; every other model runs in the next precision of the rule.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 
 from mai.artifact import ArtifactError, model_dir
 from mai.errors import MaiError
-from mai.graphs import COMPACT_SUFFIX, is_compact
+from mai.graphs import COMPACT_SUFFIX, GraphError, is_compact
 from mai.preprocess import PreprocessSpec
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -112,7 +116,7 @@ class OnnxModel:
     fallback_reason: str | None = None
     head: Any = None
     feature: str | None = None  # the feature graph's output the head reads
-    backbone_precision: str | None = None  # a probe's feature graph: fp32 or fp16
+    backbone_precision: str | None = None  # a probe's feature graph: fp32, fp16 or int8
     source: Path | None = None  # the file resolved: `path` itself, or the int8 file `path` was expanded from
 
     @property
@@ -200,15 +204,28 @@ def _session(ort: Any, f: Path, opts: Any, providers: list[str]) -> Any:
 REQUIRED_META = ("mai.schema", "mai.model_id", "mai.preprocess", "mai.threshold", "mai.uncertain")
 
 
-def precisions_for(device: str, prefer: str | None = None) -> tuple[str, str]:
-    """The one precision rule, best first: fp16 on CUDA (tensor cores), fp32 on the
-    CPU (ONNX Runtime's CPU provider runs fp16 slower). `prefer` goes first when given."""
-    order = ("fp16", "fp32") if device == "cuda" else ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_CALIBRATION = "int8.json"  # a probe's static int8 ranges, in its model folder
+
+
+def precisions_for(device: str, prefer: str | None = None) -> tuple[str, ...]:
+    """The one precision rule, best first: fp16 on CUDA (tensor cores); on the CPU
+    int8 where the CPU has int8 dot-product instructions (2-3x fp32 there), else fp32
+    (ONNX Runtime's CPU provider runs fp16 slower, and int8 gains little without
+    them). `prefer` goes first when given."""
+    from mai.quantize import cpu_has_fast_int8
+
+    if device == "cuda":
+        order: tuple[str, ...] = ("fp16", "fp32", "int8")
+    elif cpu_has_fast_int8():
+        order = ("int8", "fp32", "fp16")
+    else:
+        order = ("fp32", "int8", "fp16")
     if prefer is None:
         return order
     if prefer not in order:
-        raise SessionError(f"unknown precision {prefer!r}; use fp32 or fp16")
-    return prefer, next(p for p in order if p != prefer)
+        raise SessionError(f"unknown precision {prefer!r}; use fp32, fp16 or int8")
+    return (prefer, *(p for p in order if p != prefer))
 
 
 def resolve_onnx(path: str | os.PathLike[str] | None, device: str, prefer: str | None = None) -> Path:
@@ -223,6 +240,8 @@ def resolve_onnx(path: str | os.PathLike[str] | None, device: str, prefer: str |
     if not p.exists():
         raise SessionError(f"model not found: {p}")
     for prec in precisions_for(device, prefer):
+        if prec == "int8":  # model.int8.onnx is the stored form, found below
+            continue
         f = p / f"model.{prec}.onnx"
         if f.is_file():
             return f
@@ -257,8 +276,11 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
     """Open a MAI ONNX model on the best provider `device` allows.
 
     `log` (a callable taking one line) hears which provider runs. `precision`
-    (fp32 or fp16) overrides the device's rule (`precisions_for`), e.g. to measure
-    fp32 on CUDA; a folder without that file gives the other.
+    (fp32, fp16 or int8) overrides the device's rule (`precisions_for`), e.g. to
+    measure fp32 on CUDA; a folder without that file gives the other. int8 applies
+    to a probe whose folder has `int8.json` (its backbone graph in int8); any other
+    model, or a probe whose int8 graph cannot be built (said to `log`), takes the
+    next precision of the rule.
     """
     if device not in DEVICES:
         raise SessionError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
@@ -273,10 +295,12 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
         providers, reason = gpu_providers(ort)
         if device == "cuda" and not providers:
             raise SessionError(f"--device cuda: CUDA cannot be used here: {reason}; use --device cpu or auto")
-    want = precisions_for("cuda" if providers else "cpu", precision)[0]
-    f = source = resolve_onnx(path, "cuda" if providers else "cpu", precision)
+    order = precisions_for("cuda" if providers else "cpu", precision)
+    file_order = [p for p in order if p != "int8"]
+    want = file_order[0]
+    f = source = resolve_onnx(path, "cuda" if providers else "cpu", want)
     if is_compact(f):  # stored int8: expanded once per machine into the precision wanted here
-        from mai.graphs import GraphError, expand
+        from mai.graphs import expand
 
         try:
             f = expand(f, want, log)
@@ -307,8 +331,17 @@ def open_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
             if ref.get("sha256") != bb.sha256:
                 raise BackboneError(f"{f} was trained on another build of {bb.name} than this MAI knows; "
                                     "upgrade MAI or re-train the probe")
-            bb_precision = want
-            sess = _session(ort, feature_graph(bb, log, want), opts, [*providers, CPU])
+            bb_precision, graph = want, None
+            calibration = f.parent / INT8_CALIBRATION
+            if order[0] == "int8" and calibration.is_file():
+                try:
+                    graph, bb_precision = feature_graph(bb, log, "int8", calibration), "int8"
+                except GraphError as e:
+                    if log is not None:
+                        log(f"model: the int8 graph of {bb.name} cannot be built ({e}); using {want}")
+            if graph is None:
+                graph = feature_graph(bb, log, want)
+            sess = _session(ort, graph, opts, [*providers, CPU])
         except BackboneError as e:
             raise BackboneUnavailable(f"{meta.get('mai.model_id', f)} needs its backbone: {e}") from e
         except (KeyError, TypeError, ValueError) as e:

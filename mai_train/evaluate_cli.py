@@ -36,9 +36,12 @@ def eval_items(ds: DataSet, split: str, real_split: str | None = None, limit: in
 def run_eval(model_path: str | None, data: str, split: str = "all", limit: int | None = None,
              batch_size: int = 128, device: str = "auto", jpeg_quality: int | None = None,
              real_split: str | None = None, base: str | None = None,
-             trust_remote_code: bool = False, *, perturb: str | None = None, cache: bool = True) -> dict[str, Any]:
+             trust_remote_code: bool = False, *, perturb: str | None = None, cache: bool = True,
+             precision: str = "fp32") -> dict[str, Any]:
     """`mai eval`: any model (a torch artifact, a probe through its ONNX pair, or a
-    VLM adapter with its base) scored on `items` the way it runs, one report."""
+    VLM adapter with its base) scored on `items` the way it runs, one report.
+    `precision` is the ONNX pair's (fp32, the reference, or int8/fp16 as mai-scan may
+    run it); only fp32 reads the feature cache, which holds fp32 features."""
     from mai.vlm import VLMScorer, is_vlm_adapter
 
     # The model first: a wrong --model is the likelier mistake, and says so before any data is read.
@@ -62,8 +65,8 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
 
     perturb = PERTURBATIONS[perturb_name] if perturb_name else jpeg_reencoder(jpeg_quality) if jpeg_quality else None
     on_cpu = device == "cpu" or (device == "auto" and not _cuda_usable())
-    if scorer is None and cache and on_cpu and art.meta["architecture"]["name"] == "probe" and \
-            (perturb_name or not jpeg_quality):
+    if scorer is None and cache and on_cpu and precision == "fp32" and art.meta["architecture"]["name"] == "probe" \
+            and (perturb_name or not jpeg_quality):
         scored = score_probe_cached(art, ds, items, perturb_name)
     elif scorer is not None:
         from mai_train.vlm.evaluate import score_items as score_vlm
@@ -71,14 +74,15 @@ def run_eval(model_path: str | None, data: str, split: str = "all", limit: int |
         scored = score_vlm(scorer.score, ds, items, batch_size=batch_size, perturb=perturb)
     elif art.meta["architecture"]["name"] == "probe" or not art.weights.is_file():
         # A probe has no torch module; a shipped CNN ships as ONNX only (mai/pretrained).
-        scored = score_items_onnx(art, ds, items, device, batch_size, perturb)
+        scored = score_items_onnx(art, ds, items, device, batch_size, perturb, precision)
     else:
         require_torch("mai eval")
         dev = torch_device(device)
         model = load_torch_model(art).to(dev)
         scored = score_items(model, ds, items, art.spec, batch_size=batch_size, device=dev, perturb=perturb)
     return {
-        **card, "data": str(data), "split": split, "real_split": real_split, "jpeg_quality": jpeg_quality,
+        **card, "precision": precision, "data": str(data), "split": split, "real_split": real_split,
+        "jpeg_quality": jpeg_quality,
         "perturb": perturb_name,
         "fingerprint": ds.fingerprint(), "uncertain": list(band), "calibration": calibration,
         "unreadable_items": [{"path": p, "error": e} for p, e in scored.unreadable],
@@ -112,11 +116,12 @@ def score_probe_cached(art: Any, ds: DataSet, items: list[Item], perturb: str | 
 
 
 def score_items_onnx(art: Any, ds: DataSet, items: list[Item], device: str, batch_size: int,
-                     perturb: Any) -> Scored:
-    """Score with the model's ONNX files, as mai-scan runs them (probes and shipped models have no torch weights)."""
+                     perturb: Any, precision: str | None = "fp32") -> Scored:
+    """Score with the model's ONNX files, as mai-scan runs them (probes and shipped models have no torch
+    weights), in `precision` (None: mai-scan's rule for the device)."""
     from mai.session import open_model
 
-    model = open_model(art.path, device)
+    model = open_model(art.path, device, precision=precision)
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         return {"prob": model.predict(x)[1]}

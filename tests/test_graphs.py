@@ -115,9 +115,12 @@ def test_int8_weights_round_trip() -> None:
         graphs.quantize_weights(m, min_size=10**9)
 
 
-def test_precision_rule() -> None:
-    assert precisions_for("cuda") == ("fp16", "fp32") and precisions_for("cpu") == ("fp32", "fp16")
-    assert precisions_for("cuda", "fp32") == ("fp32", "fp16")
+def test_precision_rule(monkeypatch) -> None:
+    from mai import quantize
+
+    monkeypatch.setattr(quantize, "cpu_has_fast_int8", lambda: False)
+    assert precisions_for("cuda") == ("fp16", "fp32", "int8") and precisions_for("cpu") == ("fp32", "int8", "fp16")
+    assert precisions_for("cuda", "fp32") == ("fp32", "fp16", "int8")
 
 
 def test_shipped_cifake_model_is_int8_and_expanded_once_per_precision() -> None:
@@ -156,7 +159,7 @@ def test_backbone_fp16_graph_is_cached_beside_fp32_and_close_to_it(tiny) -> None
         got = test_probe._session(f16).run([out], {"image": x})[0]
         np.testing.assert_allclose(got, want, atol=0.02 * max(1.0, float(np.abs(want).max())))
     with pytest.raises(bbmod.BackboneError, match="unknown precision"):
-        bbmod.feature_graph(tiny, precision="int8")
+        bbmod.feature_graph(tiny, precision="int4")
 
 
 def test_probe_runs_its_backbone_in_fp16_and_exports_all(probe_dir: Path, tmp_path: Path) -> None:
