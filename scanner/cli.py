@@ -113,6 +113,9 @@ Exit status:
               help="Model folder (with model.fp32.onnx) or .onnx file. Default: the embedded model.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="Where the model runs: cuda where ONNX Runtime's CUDA provider really loads, else cpu.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="Model arithmetic: auto = fp16 on CUDA; on the CPU int8 (a probe's backbone, from its shipped "
+                   "static calibration) where the CPU has int8 dot-product instructions, else fp32.")
 @click.option("--decoder", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Where JPEGs are decoded and resized: gpu = nvJPEG through torchvision (the gpu extra), "
                    "with the model on CUDA; auto = gpu whenever that can run.")
@@ -191,7 +194,7 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
          fail_on: tuple[str, ...], quiet: bool, engine: str = "local", ray_address: str | None = None,
          gpus_per_worker: float = 0.0, out_dir: str | None = None, vlm: str | None = None,
          vlm_adapter: str | None = None, trust_remote_code: bool = False, decoder: str = "auto",
-         html: str | None = None, html_thumbs: str | None = None) -> int:
+         html: str | None = None, html_thumbs: str | None = None, precision: str = "auto") -> int:
     """Run one scan; returns the exit status. The flags become an engine, a
     decision rule and a `ScanJob`, which does the rest."""
     import dataclasses
@@ -209,7 +212,7 @@ def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str |
     # The default, or its fallback where the default's backbone is missing.
     path = model_path if model_path is not None else _usable_default(outputs.note)
     eng = open_engine(engine, path, device, threads, outputs.note, address=ray_address, workers=workers,
-                      gpus_per_worker=gpus_per_worker)
+                      gpus_per_worker=gpus_per_worker, precision=None if precision == "auto" else precision)
     model = eng.open_model()
     decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
     gpu, cpu_why = _choose_decoder(model, decoder, engine)

@@ -54,16 +54,22 @@ class Engine(Protocol):
 
 
 def open_engine(name: str, model_path: str, device: str, threads: int | None, log: Callable[[str], None], *,
-                address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0) -> Engine:
-    """The engine `--engine NAME` means; Ray is imported only for `ray`."""
+                address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
+                precision: str | None = None) -> Engine:
+    """The engine `--engine NAME` means; Ray is imported only for `ray`. `precision`
+    (local only) overrides `mai.session.precisions_for`."""
     if name == "ray":
+        if precision is not None:
+            from mai.errors import MaiError
+
+            raise MaiError("--precision works with --engine local; Ray workers follow each machine's rule")
         from scanner.engine_ray import RayEngine
 
         return RayEngine(model_path, device, threads, address=address, workers=workers,
                          gpus_per_worker=gpus_per_worker, log=log)
     from scanner.engine_local import LocalEngine
 
-    return LocalEngine(model_path, device, threads, log)
+    return LocalEngine(model_path, device, threads, log, precision)
 
 
 @runtime_checkable

@@ -48,13 +48,16 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, model_path: str, device: str, threads: int | None, log: Callable[[str], None]) -> None:
+    def __init__(self, model_path: str, device: str, threads: int | None, log: Callable[[str], None],
+                 precision: str | None = None) -> None:
         self.model_path, self.device, self.threads, self.log = model_path, device, threads, log
+        self.precision = precision  # None: mai.session's rule
 
     def open_model(self) -> Any:
         from mai.session import open_model
 
-        return open_model(self.model_path, self.device, self.threads or os.cpu_count(), self.log)
+        return open_model(self.model_path, self.device, self.threads or os.cpu_count(), self.log,
+                          precision=self.precision)
 
     def run(self, source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit,
             **kw: Any) -> None:
