@@ -107,8 +107,14 @@ def train_cnn_cmd(**kw: Any) -> None:
 @click.option("--calibrate", default="val", show_default=True, type=click.Choice(["val", "unseen"]),
               help="val: threshold and band on the validation split; unseen: each generator's validation fakes "
                    "scored by a head trained without that generator (transfers to new generators).")
+@click.option("--head", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]),
+              help="linear: logistic regression (no torch); mlp: one hidden ReLU layer with dropout, trained "
+                   "with torch (the train extra); it transfers better to unseen generators.")
+@click.option("--hidden", default=256, show_default=True, type=click.IntRange(1),
+              help="With --head mlp: hidden units (the head's size grows with it: 256 x 4,608 weights in fp16).")
 @click.option("--l2", multiple=True, type=click.FloatRange(min=0, min_open=True),
-              help="Regularisation strengths to try (repeatable; default a grid from 0.3 to 300), chosen on val.")
+              help="Linear head: regularisation strengths to try (repeatable; default a grid from 0.3 to 300), "
+                   "chosen on val.")
 @click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
               help="Choose the threshold for this validation false-positive rate (default: max balanced accuracy).")
 @click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
@@ -116,10 +122,10 @@ def train_cnn_cmd(**kw: Any) -> None:
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads (default: all cores).")
 @click.option("--name", default=None, help="Model name in its id (default: the --out folder's name).")
 def train_probe_cmd(**kw: Any) -> None:
-    """Fit a logistic probe on a frozen backbone's features (no torch): features
-    are extracted once and cached in $MAI_HOME/features, the regularisation is
-    chosen and the threshold calibrated on the validation split, and --out becomes
-    a model artifact with its ONNX head.
+    """Fit a probe on a frozen backbone's features: features are extracted once
+    and cached in $MAI_HOME/features; a logistic head (no torch) or an MLP head
+    (torch) is fitted, the threshold calibrated on the validation split, and --out
+    becomes a model artifact with its ONNX head.
 
     \b
     Example:
@@ -127,6 +133,7 @@ def train_probe_cmd(**kw: Any) -> None:
       mai train probe --data modern-train.tar --out runs/clip-probe --feature cls
       mai train probe --data modern-train.tar --data wild/ --feature layers \\
           --augment wild --val-perturb web --calibrate unseen --out runs/wild
+      mai train probe ... --feature layers --blocks 7-12 --head mlp --calibrate unseen --out runs/mlp
     """
     from mai.console import stderr_console
     from mai_train.train_probe import L2_GRID, ProbeConfig, train_probe

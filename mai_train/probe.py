@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mai.errors import MaiError
 from mai.preprocess import PreprocessSpec
 from mai_train.data import DataSet, Item
 from mai_train.evaluate import Features, map_items
@@ -43,10 +44,12 @@ def extract(session: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSp
 
 @dataclass
 class Head:
-    """logit = w . ((u(x) - mu) / sigma) + b, where u(x) splits the feature into
-    `blocks` equal parts (the `layers` feature: one per transformer block), keeps
-    those in `select`, and scales each to unit length, so no block drowns the
-    others by its norm. A one-block head is the classic `x / |x|`."""
+    """logit = w . h(z) + b, z = (u(x) - mu) / sigma, where u(x) splits the feature
+    into `blocks` equal parts (the `layers` feature: one per transformer block),
+    keeps those in `select`, and scales each to unit length, so no block drowns the
+    others by its norm (a one-block head is the classic `x / |x|`). h is the
+    identity (a linear probe) or, with `w1`, one hidden ReLU layer
+    h(z) = max(z w1 + b1, 0) (an MLP probe)."""
 
     w: np.ndarray
     b: float
@@ -54,27 +57,51 @@ class Head:
     sigma: np.ndarray
     blocks: int = 1
     select: tuple[int, ...] = (0,)
+    w1: np.ndarray | None = None  # (features, hidden)
+    b1: np.ndarray | None = None  # (hidden,)
+
+    @property
+    def kind(self) -> str:
+        return "linear" if self.w1 is None else "mlp"
+
+    @property
+    def in_width(self) -> int:
+        """The width of the feature the head reads (all blocks, selected or not)."""
+        return len(self.mu) * self.blocks // len(self.select)
 
     def unit(self, x: np.ndarray) -> np.ndarray:
         return unit_blocks(x, self.blocks, self.select)
 
+    def hidden(self, z: np.ndarray) -> np.ndarray:
+        if self.w1 is None:
+            return z
+        return np.maximum(z @ self.w1 + self.b1, 0.0)
+
     def logit(self, x: np.ndarray) -> np.ndarray:
-        return ((self.unit(x) - self.mu) / self.sigma) @ self.w + self.b
+        return self.hidden((self.unit(x) - self.mu) / self.sigma) @ self.w + self.b
 
     def prob(self, x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logit(x)))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"w": self.w.astype(np.float32), "b": np.asarray([self.b], np.float32),
-                "mu": self.mu.astype(np.float32), "sigma": self.sigma.astype(np.float32),
-                "blocks": np.asarray([self.blocks], np.int64), "select": np.asarray(self.select, np.int64)}
+        out = {"w": self.w.astype(np.float32), "b": np.asarray([self.b], np.float32),
+               "mu": self.mu.astype(np.float32), "sigma": self.sigma.astype(np.float32),
+               "blocks": np.asarray([self.blocks], np.int64), "select": np.asarray(self.select, np.int64)}
+        if self.w1 is not None:
+            # Half precision: the hidden layer is most of the head's size (fp32 would
+            # double a shipped model's files); `fit_mlp` rounds to it before calibration.
+            out["w1"] = self.w1.astype(np.float16)
+            out["b1"] = np.asarray(self.b1, np.float32)
+        return out
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> Head:
         blocks = int(np.asarray(a["blocks"]).reshape(-1)[0]) if "blocks" in a else 1
         select = tuple(int(i) for i in np.asarray(a["select"]).reshape(-1)) if "select" in a else (0,)
+        w1 = np.asarray(a["w1"], np.float64) if "w1" in a else None
+        b1 = np.asarray(a["b1"], np.float64) if "b1" in a else None
         return cls(np.asarray(a["w"], np.float64), float(np.asarray(a["b"]).reshape(-1)[0]),
-                   np.asarray(a["mu"], np.float64), np.asarray(a["sigma"], np.float64), blocks, select)
+                   np.asarray(a["mu"], np.float64), np.asarray(a["sigma"], np.float64), blocks, select, w1, b1)
 
 
 def unit_blocks(x: np.ndarray, blocks: int = 1, select: Sequence[int] = (0,)) -> np.ndarray:
@@ -148,18 +175,79 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50,
     return Head(theta[:-1], float(theta[-1]), mu, sigma, blocks, tuple(int(i) for i in select))
 
 
+HEADS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class MlpConfig:
+    """The MLP probe's training: chosen by leave-one-generator-out ROC-AUC on the
+    training generators (benchmarks/head_study.py), not on any test set."""
+
+    hidden: int = 256
+    dropout: float = 0.7  # on the input and the hidden layer: a strong prior against fitting one generator's quirks
+    weight_decay: float = 1e-2
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def fit_mlp(x: np.ndarray, y: np.ndarray, cfg: MlpConfig = MlpConfig(), blocks: int = 1,
+            select: Sequence[int] = (0,), weight: np.ndarray | None = None) -> Head:
+    """A one-hidden-layer ReLU probe on the same standardised unit-block features as
+    `fit_logistic`, trained with torch (the `train` extra) on the CPU: AdamW, dropout,
+    sample weights, a fixed seed and one thread (the same data gives the same head).
+    The hidden layer is rounded to half precision, as it is stored."""
+    try:
+        import torch
+    except ImportError:
+        raise MaiError("an MLP probe is trained with torch: pip install 'mai-detect[train]' "
+                       "(or use the linear head: --head linear)") from None
+    u = unit_blocks(x, blocks, select)
+    mu, sigma = u.mean(0), u.std(0) + 1e-6
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        z = torch.tensor((u - mu) / sigma, dtype=torch.float32)
+        t = torch.tensor(np.asarray(y, np.float32))
+        sw = torch.tensor(np.ones(len(y), np.float32) if weight is None else np.asarray(weight, np.float32))
+        first, last = torch.nn.Linear(z.shape[1], cfg.hidden), torch.nn.Linear(cfg.hidden, 1)
+        net = torch.nn.Sequential(torch.nn.Dropout(cfg.dropout), first, torch.nn.ReLU(),
+                                  torch.nn.Dropout(cfg.dropout), last)
+        opt = torch.optim.AdamW(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+        net.train()
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(t), generator=gen)
+            for i in range(0, len(t), cfg.batch_size):
+                b = order[i:i + cfg.batch_size]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(z[b])[:, 0], t[b], reduction="none")
+                loss = (loss * sw[b]).sum() / sw[b].sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            w1 = first.weight.T.numpy().astype(np.float16).astype(np.float64)
+            b1, w2 = first.bias.numpy().astype(np.float64), last.weight[0].numpy().astype(np.float64)
+            b2 = float(last.bias[0])
+    finally:
+        torch.set_num_threads(threads)
+    return Head(w2, b2, mu, sigma, blocks, tuple(int(i) for i in select), w1, b1)
+
+
 def head_onnx(head: Head, meta: dict[str, str], path: Path, in_dim: int | None = None) -> Path:
     """Write the head as ONNX (opset 17): features (`in_dim` wide) -> blocks ->
-    the selected ones at unit length -> standardise -> logit, prob (float32[N]),
+    the selected ones at unit length -> standardise -> (hidden layer) -> logit, prob (float32[N]),
     with `meta` as its metadata. Needs the onnx package."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     a = head.arrays()
-    d = a["w"].shape[0]
-    in_dim = in_dim or d * head.blocks // len(head.select)
+    d = a["mu"].shape[0]
+    in_dim = in_dim or head.in_width
     inits = [numpy_helper.from_array(a["mu"], "mu"), numpy_helper.from_array(a["sigma"], "sigma"),
-             numpy_helper.from_array(a["w"].reshape(d, 1), "w"), numpy_helper.from_array(a["b"], "b"),
+             numpy_helper.from_array(a["w"].reshape(-1, 1), "w"), numpy_helper.from_array(a["b"], "b"),
              numpy_helper.from_array(np.asarray([1e-24], np.float32), "eps"),
              numpy_helper.from_array(np.asarray([-1], np.int64), "flat"),
              numpy_helper.from_array(np.asarray([0, head.blocks, in_dim // head.blocks], np.int64), "split"),
@@ -177,7 +265,15 @@ def head_onnx(head: Head, meta: dict[str, str], path: Path, in_dim: int | None =
         helper.make_node("Reshape", ["unit_parts", "joined"], ["unit"]),
         helper.make_node("Sub", ["unit", "mu"], ["centred"]),
         helper.make_node("Div", ["centred", "sigma"], ["z"]),
-        helper.make_node("MatMul", ["z", "w"], ["zw"]),
+    ]
+    if head.w1 is not None:  # the MLP's hidden layer, stored in half precision, computed in fp32
+        inits += [numpy_helper.from_array(a["w1"], "w1_half"), numpy_helper.from_array(a["b1"], "b1")]
+        nodes += [helper.make_node("Cast", ["w1_half"], ["w1"], to=TensorProto.FLOAT),
+                  helper.make_node("MatMul", ["z", "w1"], ["z_w1"]),
+                  helper.make_node("Add", ["z_w1", "b1"], ["pre"]),
+                  helper.make_node("Relu", ["pre"], ["h"])]
+    nodes += [
+        helper.make_node("MatMul", ["h" if head.w1 is not None else "z", "w"], ["zw"]),
         helper.make_node("Add", ["zw", "b"], ["logit2d"]),
         helper.make_node("Reshape", ["logit2d", "flat"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["prob"]),

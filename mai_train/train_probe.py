@@ -33,7 +33,7 @@ from mai.preprocess import PreprocessSpec, Step
 from mai_train.checkpoint import versions
 from mai_train.data import DataSet, Item, open_dataset
 from mai_train.evaluate import Scored, calibrate
-from mai_train.probe import Features, Head, extract, fit_logistic, head_onnx
+from mai_train.probe import HEADS, Features, Head, MlpConfig, extract, fit_logistic, fit_mlp, head_onnx
 
 VIEWS = ("crop", "center_crop")  # native 224 centre crop, or the whole image resized (CLIP's own recipe)
 L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
@@ -59,6 +59,8 @@ class ProbeConfig:
     augment: str | None = None  # a perturbation: training also sees one processed copy of each image
     val_perturb: Sequence[str] = ()  # validation also holds these processed copies
     calibrate: str = "val"  # "val": on the validation split; "unseen": each generator's scores from a head without it
+    head: str = "linear"  # "linear" (logistic, no torch) or "mlp" (one hidden layer, torch)
+    hidden: int = 256  # the MLP head's hidden units
     l2: Sequence[float] = field(default_factory=lambda: L2_GRID)
     target_fpr: float | None = None
     band_precision: float = 0.98
@@ -245,11 +247,29 @@ def unseen_generators(tr: Pool, va: Pool, fit: Any, full: np.ndarray, say: Any) 
     return oof, {"per_generator": table, "mean_roc_auc": float(np.mean(aucs)) if aucs else None}
 
 
+def _choose_l2(cfg: ProbeConfig, tr: Pool, va: Pool, nblocks: int, select: tuple[int, ...],
+               say: Any) -> tuple[float, list[dict[str, float]], None]:
+    """The linear head's regularisation: the strongest l2 within 0.002 of the best
+    validation ROC-AUC (simpler heads travel better)."""
+    from mai_train import metrics
+
+    tried = []
+    for l2 in cfg.l2:
+        head = fit_logistic(tr.x, tr.labels, l2, blocks=nblocks, select=select, weight=tr.weight)
+        auc = metrics.roc_auc(head.prob(va.x), va.labels) or 0.0
+        tried.append({"l2": l2, "val_roc_auc": auc})
+        say(f"  l2 {l2:g}: val ROC-AUC {auc:.4f}")
+    best_auc = max(t["val_roc_auc"] for t in tried)
+    return max(t["l2"] for t in tried if t["val_roc_auc"] >= best_auc - 0.002), tried, None
+
+
 def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
     """Extract (or reuse) features, fit, choose, calibrate, write and prove the artifact."""
     say = log or (lambda line: None)
     if cfg.feature not in FEATURES:
         raise ProbeError(f"unknown feature {cfg.feature!r}; use one of {', '.join(FEATURES)}")
+    if cfg.head not in HEADS:
+        raise ProbeError(f"unknown head {cfg.head!r}; use one of {', '.join(HEADS)}")
     if cfg.calibrate not in CALIBRATIONS:
         raise ProbeError(f"unknown calibration {cfg.calibrate!r}; use one of {', '.join(CALIBRATIONS)}")
     data = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
@@ -276,17 +296,15 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
         f"{bb.name} {cfg.feature}" + (f" blocks {cfg.blocks}" if cfg.blocks else "") + f", view {cfg.view}")
     from mai_train import metrics
 
-    tried = []
-    for l2 in cfg.l2:
-        head = fit_logistic(tr.x, tr.labels, l2, blocks=nblocks, select=select, weight=tr.weight)
-        auc = metrics.roc_auc(head.prob(va.x), va.labels) or 0.0
-        tried.append({"l2": l2, "val_roc_auc": auc})
-        say(f"  l2 {l2:g}: val ROC-AUC {auc:.4f}")
-    # The strongest regularisation within 0.002 of the best AUC: simpler heads travel better.
-    best_auc = max(t["val_roc_auc"] for t in tried)
-    l2 = max(t["l2"] for t in tried if t["val_roc_auc"] >= best_auc - 0.002)
+    l2, tried, mlp = _choose_l2(cfg, tr, va, nblocks, select, say) if cfg.head == "linear" else (None, [], None)
+    if cfg.head == "mlp":
+        mlp = MlpConfig(hidden=cfg.hidden)
+        say(f"  MLP head: {mlp.hidden} hidden units, dropout {mlp.dropout}, weight decay {mlp.weight_decay}, "
+            f"{mlp.epochs} epochs (torch, CPU, seed {mlp.seed})")
 
     def fit(pool: Pool) -> Head:
+        if mlp is not None:
+            return fit_mlp(pool.x, pool.labels, mlp, blocks=nblocks, select=select, weight=pool.weight)
         return fit_logistic(pool.x, pool.labels, l2, blocks=nblocks, select=select, weight=pool.weight)
 
     head = fit(tr)
@@ -315,6 +333,8 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
     digest = sha256_file(out / WEIGHTS_NAME)
     name = cfg.name or out.name
     args: dict[str, Any] = {"feature": cfg.feature, "dim": bb.dim(cfg.feature)}
+    if mlp is not None:  # a linear head's card stays as before
+        args.update(head="mlp", hidden=mlp.hidden)
     if cfg.feature == "layers":
         args["blocks"] = [i + 1 for i in select]
     meta = {
@@ -337,7 +357,9 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
                        "cap": list(cfg.cap), "val_cap": list(cfg.val_cap),
                  "weight": list(cfg.weight), "val_perturb": list(cfg.val_perturb)},
             "l2_chosen": l2, "l2_tried": tried,
-            "selected_by": "val ROC-AUC (the strongest l2 within 0.002 of the best)",
+            "selected_by": "val ROC-AUC (the strongest l2 within 0.002 of the best)" if mlp is None else
+                           "fixed MLP settings (chosen by leave-one-generator-out ROC-AUC: benchmarks/head_study.py)",
+            **({"mlp": asdict(mlp)} if mlp is not None else {}),
             "train_metrics": train_rep, "wall_s": round(time.monotonic() - t0, 1),
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         },
@@ -348,7 +370,8 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
     art = load_artifact(out)
     worst = export_probe(art, va.x[:256])
     rep = cal["metrics"]["val"]
-    say(f"saved {art.model_id} to {out} (l2 {l2:g}, threshold {art.threshold:.4f}, band "
+    fitted = f"l2 {l2:g}" if l2 is not None else f"MLP {cfg.hidden}"
+    say(f"saved {art.model_id} to {out} ({fitted}, threshold {art.threshold:.4f}, band "
         f"[{art.uncertain[0]:.4f}, {art.uncertain[1]:.4f}], val ROC-AUC {rep['roc_auc']:.4f}, "
         f"accuracy {rep['accuracy']:.4f}); model.fp32.onnx: head parity max |dp| {worst:.1e}")
     return out
@@ -369,7 +392,7 @@ def export_probe(art: Artifact, feats: np.ndarray | None = None, out: Path | Non
 
     head = load_head(art)
     if feats is None:
-        width = head.w.shape[0] * head.blocks // len(head.select)
+        width = head.in_width
         feats = np.random.default_rng(0).standard_normal((64, width)).astype(np.float32)
     final = (out or art.path) / "model.fp32.onnx"
     tmp = final.with_name(f".{final.name}.partial")

@@ -234,6 +234,45 @@ def test_layers_probe_with_blocks_augmentation_and_unseen_calibration(tiny, tmp_
                                 feature="layers", blocks="0-3"))
 
 
+def test_an_mlp_head_is_deterministic_and_its_onnx_pair_scores_like_numpy(tiny, tmp_path: Path) -> None:
+    """--head mlp: one hidden ReLU layer trained with torch; the same data gives the
+    same head; the card says so; the scan's ONNX pair gives the numpy head's
+    probabilities; the hidden layer is stored in half precision."""
+    pytest.importorskip("torch")
+    from mai.session import open_model
+    from mai_train.data import open_dataset
+    from mai_train.evaluate import decode_item
+    from mai_train.train_probe import ProbeConfig, load_head, train_probe
+
+    root = tmp_path / "data"
+    rows = []
+    for source, label, n in (("cam", "real", 30), ("genA", "fake", 15), ("genB", "fake", 15)):
+        (root / source / label).mkdir(parents=True)
+        for i in range(n):
+            rel = f"{source}/{label}/{i:03d}.png"
+            (root / rel).write_bytes(encode(synthetic_image(int(label == "fake"), 5 * i + len(source))))
+            rows.append({"path": rel, "label": label, "source": source, "split": "val" if i % 3 == 0 else "train"})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "source", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    cfg = dict(data=(str(root),), backbone="tiny-clip", feature="layers", head="mlp", hidden=8, calibrate="unseen")
+    a = load_artifact(train_probe(ProbeConfig(out=str(tmp_path / "a"), **cfg)))
+    b = load_artifact(train_probe(ProbeConfig(out=str(tmp_path / "b"), **cfg)))
+    assert a.model_id.split("@")[1] == b.model_id.split("@")[1]  # same data, same weights
+    assert a.meta["architecture"]["args"] == {"feature": "layers", "dim": 24, "blocks": [1, 2], "head": "mlp", "hidden": 8}
+    assert a.meta["train"]["mlp"]["hidden"] == 8 and a.meta["train"]["l2_chosen"] is None
+    head = load_head(a)
+    assert head.kind == "mlp" and head.w1.shape == (24, 8) and head.b1.shape == (8,)
+    np.testing.assert_array_equal(head.w1, head.w1.astype(np.float16).astype(np.float64))
+    ds = open_dataset(root)
+    x = np.stack([decode_item(ds, it, a.spec) for it in ds.split("val")])
+    layers = _session(bbmod.feature_graph(tiny)).run(["layers"], {"image": x})[0]
+    _, prob = open_model(a.path, "cpu").predict(x)
+    np.testing.assert_allclose(prob, head.prob(layers), atol=1e-5)
+    assert len(set(np.round(prob, 4))) > 1  # not a constant
+
+
 def test_probe_data_flags_say_the_fix(tiny, tmp_path: Path) -> None:
     from mai_train.probe_data import select
     from mai_train.train_probe import ProbeConfig, _caps, _weights, parse_blocks, train_probe
