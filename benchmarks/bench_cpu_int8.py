@@ -1,0 +1,179 @@
+"""The default model on the CPU: fp32 vs the static int8 backbone graph, side by side in one run.
+
+    python benchmarks/bench_cpu_int8.py --data ../shared/data/modern-train.tar
+    python benchmarks/bench_cpu_int8.py --parts model --rounds 3      # model-only, quick
+
+Three parts, each interleaving the two precisions round by round (a noisy
+neighbour slows both alike; figures are medians, with the best round beside):
+
+1. model: `OnnxModel.predict` (backbone + head) on the same uint8 batches,
+   images/s, fp32 vs int8 (`open_model(..., precision=...)`), at --threads;
+2. scan: `mai-scan` end to end (a subprocess, start-up excluded: the steady rate
+   after its first record) on generated camera-sized JPEGs (4000x3000, q90;
+   `bench_scan.make_folder`), with `--precision fp32` and the default (int8 on a
+   CPU with int8 dot products), beside the model-only rate of the same precision;
+3. probe: the default model's metrics with each graph, on --data: ROC-AUC on val
+   and on test_generator (its fakes against val's reals), accuracy at the stored
+   threshold, and how many val verdicts (synthetic / uncertain / authentic, with
+   the stored band) differ from fp32's, and the largest score change.
+
+Every image is decoded and preprocessed once and fed to both graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PRECISIONS = ("fp32", "int8")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def open_models(threads: int) -> dict[str, object]:
+    from mai.session import open_model
+
+    models = {p: open_model(None, "cpu", threads, log=lambda m: print(m, file=sys.stderr), precision=p)
+              for p in PRECISIONS}
+    for p, m in models.items():
+        if m.precision != p:
+            raise SystemExit(f"asked for {p}, got {m.precision}: is the int8 calibration file shipped?")
+    return models
+
+
+def model_only(models: dict, x: np.ndarray, rounds: int) -> dict[str, tuple[float, float]]:
+    for m in models.values():
+        m.predict(x)  # warm-up
+    times: dict[str, list[float]] = {p: [] for p in models}
+    for _ in range(rounds):
+        for p, m in models.items():
+            t0 = time.perf_counter()
+            m.predict(x)
+            times[p].append(time.perf_counter() - t0)
+    return {p: (len(x) / float(np.median(t)), len(x) / min(t)) for p, t in times.items()}
+
+
+def scan_part(files: int, workers: int, threads: int, batch: int, rounds: int) -> dict[str, list[dict]]:
+    import bench_scan
+
+    from mai.session import precisions_for
+
+    folder = bench_scan.make_folder(files, (4000, 3000), 0, (0, 0), max(1, workers))
+    default = str(ROOT / "mai" / "pretrained" / "mai-clip-wild")
+    home = os.environ.get("MAI_HOME") or tempfile.mkdtemp(prefix="mai-bench-home-")  # graphs built once
+    out: dict[str, list[dict]] = {"fp32": [], "auto": []}
+    for _ in range(rounds):
+        for p in out:
+            extra = ["--threads", str(threads)] + (["--precision", "fp32"] if p == "fp32" else [])
+            r = bench_scan.mai_scan(folder, default, workers, batch, extra, home=home)
+            # The scan runs quietly (-q: no model line); the default follows this machine's rule.
+            r["precision"] = "fp32" if p == "fp32" else precisions_for("cpu")[0]
+            out[p].append(r)
+    return out
+
+
+def probe_part(models: dict, data: str, batch: int) -> dict[str, dict]:
+    from mai_train.data import open_dataset
+    from mai_train.evaluate import decode_item
+    from mai_train.metrics import roc_auc
+
+    m0 = next(iter(models.values()))
+    ds = open_dataset(data)
+    sets = {"val": ds.split("val"),
+            "test_generator": [it for it in ds.split("test_generator") if it.label == 1]
+            + [it for it in ds.split("val") if it.label == 0]}
+    out: dict[str, dict] = {}
+    lo, hi = m0.uncertain
+
+    def verdict(p: np.ndarray) -> np.ndarray:
+        return np.where(p >= hi, 2, np.where(p <= lo, 0, 1)) if hi > lo else (p >= m0.threshold).astype(int)
+
+    for name, items in sets.items():
+        xs, ys = [], []
+        for it in items:
+            try:
+                xs.append(decode_item(ds, it, m0.spec))
+                ys.append(it.label)
+            except Exception:  # noqa: BLE001 - unreadable items are skipped alike for both graphs
+                continue
+        x, y = np.stack(xs), np.asarray(ys)
+        probs = {p: np.concatenate([m.predict(x[i:i + batch])[1] for i in range(0, len(x), batch)])
+                 for p, m in models.items()}
+        ref = probs["fp32"]
+        for p, pr in probs.items():
+            out.setdefault(p, {})[name] = {
+                "n": len(y), "auc": roc_auc(pr, y), "acc": float(((pr >= m0.threshold) == y).mean()),
+                "flips": int((verdict(pr) != verdict(ref)).sum()),
+                "decision_flips": int(((pr >= m0.threshold) != (ref >= m0.threshold)).sum()),
+                "max_dp": float(np.abs(pr - ref).max()), "mean_dp": float(np.abs(pr - ref).mean())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "modern-train.tar"))
+    ap.add_argument("--parts", default="model,scan,probe")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--files", type=int, default=96, help="camera-sized JPEGs for the scan part")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="mai-scan --workers")
+    ap.add_argument("--scan-rounds", type=int, default=2)
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    import onnxruntime as ort
+
+    print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores; ONNX Runtime {ort.__version__}; "
+          f"threads {args.threads}, batch {args.batch_size}")
+    models = open_models(args.threads)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (args.batch_size, 224, 224, 3), dtype=np.uint8)
+    rates = {}
+    if "model" in parts or "scan" in parts:
+        rates = model_only(models, x, args.rounds)
+        print(f"\nmodel only (backbone + head), {args.rounds} interleaved rounds, images/s median (best):")
+        for p, (med, best) in rates.items():
+            print(f"  {p}: {med:6.2f} ({best:.2f})   x{med / rates['fp32'][0]:.2f} fp32")
+    if "scan" in parts:
+        res = scan_part(args.files, args.workers, args.threads, 32, args.scan_rounds)
+        print(f"\nmai-scan end to end, {args.files} JPEGs 4000x3000 q90, --workers {args.workers} "
+              f"--threads {args.threads} --batch-size 32, {args.scan_rounds} interleaved rounds:")
+        base = float(np.median([r["steady_rate"] for r in res["fp32"]]))
+        for p, rs in res.items():
+            steady = float(np.median([r["steady_rate"] for r in rs]))
+            prec = rs[0]["precision"]
+            print(f"  {'--precision fp32' if p == 'fp32' else 'default':17s} ({prec}): steady {steady:5.2f} img/s, "
+                  f"whole run {np.median([r['rate'] for r in rs]):5.2f} img/s; x{steady / base:.2f} fp32 scan; "
+                  f"{steady / rates[prec][0]:.2f} of model-only {prec}")
+    if "probe" in parts:
+        res = probe_part(models, args.data, args.batch_size)
+        print(f"\nprobe metrics on {Path(args.data).name} (test_generator: its fakes vs val's reals):")
+        for p, sets in res.items():
+            for name, r in sets.items():
+                print(f"  {p} {name:14s} n={r['n']:4d} ROC-AUC {r['auc']:.4f} acc {r['acc']:.4f} | vs fp32: "
+                      f"verdicts changed {r['flips']} ({r['flips'] / r['n']:.1%}), decisions changed "
+                      f"{r['decision_flips']}, max |dp| {r['max_dp']:.4f}, mean |dp| {r['mean_dp']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
