@@ -84,6 +84,8 @@ class Head:
         return 1.0 / (1.0 + np.exp(-self.logit(x)))
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The head as named arrays, each C-contiguous (safetensors writes the raw
+        buffer: a transposed view would be stored transposed)."""
         out = {"w": self.w.astype(np.float32), "b": np.asarray([self.b], np.float32),
                "mu": self.mu.astype(np.float32), "sigma": self.sigma.astype(np.float32),
                "blocks": np.asarray([self.blocks], np.int64), "select": np.asarray(self.select, np.int64)}
@@ -92,7 +94,7 @@ class Head:
             # double a shipped model's files); `fit_mlp` rounds to it before calibration.
             out["w1"] = self.w1.astype(np.float16)
             out["b1"] = np.asarray(self.b1, np.float32)
-        return out
+        return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> Head:
@@ -228,7 +230,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, cfg: MlpConfig = MlpConfig(), blocks: 
                 loss.backward()
                 opt.step()
         with torch.no_grad():
-            w1 = first.weight.T.numpy().astype(np.float16).astype(np.float64)
+            w1 = np.ascontiguousarray(first.weight.T.numpy()).astype(np.float16).astype(np.float64)
             b1, w2 = first.bias.numpy().astype(np.float64), last.weight[0].numpy().astype(np.float64)
             b2 = float(last.bias[0])
     finally:

@@ -234,6 +234,25 @@ def test_layers_probe_with_blocks_augmentation_and_unseen_calibration(tiny, tmp_
                                 feature="layers", blocks="0-3"))
 
 
+def test_a_head_survives_its_weights_file_whatever_the_memory_layout(tmp_path: Path) -> None:
+    """safetensors writes an array's raw buffer: a transposed (Fortran-ordered) weight,
+    as torch's Linear.weight.T is, once went to disk transposed and the loaded MLP
+    head scored at chance."""
+    from safetensors.numpy import load_file, save_file
+
+    from mai_train.probe import Head
+
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((8, 24)).astype(np.float16).astype(np.float64).T  # (24, 8), not C-contiguous
+    assert not w1.flags.c_contiguous
+    head = Head(rng.standard_normal(8), 0.1, rng.standard_normal(24), rng.random(24) + 0.5, 2, (0, 1), w1,
+                rng.standard_normal(8).astype(np.float32).astype(np.float64))
+    save_file(head.arrays(), str(tmp_path / "h.safetensors"))
+    back = Head.from_arrays(load_file(str(tmp_path / "h.safetensors")))
+    x = rng.standard_normal((16, 24))
+    np.testing.assert_allclose(back.prob(x), head.prob(x), atol=1e-6)
+
+
 def test_an_mlp_head_is_deterministic_and_its_onnx_pair_scores_like_numpy(tiny, tmp_path: Path) -> None:
     """--head mlp: one hidden ReLU layer trained with torch; the same data gives the
     same head; the card says so; the scan's ONNX pair gives the numpy head's
@@ -260,7 +279,8 @@ def test_an_mlp_head_is_deterministic_and_its_onnx_pair_scores_like_numpy(tiny, 
     a = load_artifact(train_probe(ProbeConfig(out=str(tmp_path / "a"), **cfg)))
     b = load_artifact(train_probe(ProbeConfig(out=str(tmp_path / "b"), **cfg)))
     assert a.model_id.split("@")[1] == b.model_id.split("@")[1]  # same data, same weights
-    assert a.meta["architecture"]["args"] == {"feature": "layers", "dim": 24, "blocks": [1, 2], "head": "mlp", "hidden": 8}
+    assert a.meta["architecture"]["args"] == {"feature": "layers", "dim": 24, "blocks": [1, 2], "head": "mlp",
+                                              "hidden": 8}
     assert a.meta["train"]["mlp"]["hidden"] == 8 and a.meta["train"]["l2_chosen"] is None
     head = load_head(a)
     assert head.kind == "mlp" and head.w1.shape == (24, 8) and head.b1.shape == (8,)
