@@ -454,8 +454,8 @@ def onnx_cmd(model_path: str | None, precision: str, out: str | None) -> None:
 def int8_cmd(model_path: str | None, data: str, split: str, images: int, method: str, alpha: float,
              keep_fp32: str, threads: int | None) -> None:
     """Calibrate the static int8 graph of a probe's backbone: ranges and SmoothQuant
-    divisors from training images, written as int8.json in the model folder (a few
-    hundred KB). mai-scan builds the int8 graph from it once per machine and runs it
+    divisors from training images, written as int8.json in the model folder (about
+    60 KB). mai-scan builds the int8 graph from it once per machine and runs it
     on CPUs with int8 dot-product instructions (`--precision` chooses).
 
     \b
