@@ -6,10 +6,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 import signal
 import struct
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any
