@@ -113,9 +113,9 @@ def bench_model(model: str | None) -> str:
         print("exporting a random MAI CNN for the benchmark ...", file=sys.stderr, flush=True)
         import torch
 
+        from export.onnx import export_onnx
         from mai.preprocess import CIFAKE_SPEC
         from mai_train.checkpoint import save_artifact
-        from mai_train.export import export_onnx
         from mai_train.registry import create_model
 
         torch.manual_seed(0)

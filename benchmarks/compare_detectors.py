@@ -30,11 +30,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from export.probe_head import proven_head_line  # noqa: E402
 from mai.artifact import load_artifact  # noqa: E402
 from mai.backbone import get_backbone  # noqa: E402
 from mai_train import metrics  # noqa: E402
 from mai_train.data import open_dataset  # noqa: E402
-from mai_train.evaluate_cli import eval_items, run_eval  # noqa: E402
+from mai_train.eval_report import EvalRequest, eval_items, run_eval  # noqa: E402
 from mai_train.train_probe import ProbeConfig, cached_features, load_head, probe_spec, train_probe  # noqa: E402
 
 
@@ -52,7 +53,8 @@ def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         for feature in args.features:
             t0 = time.monotonic()
             folder = train_probe(ProbeConfig(data=args.data, out=str(Path(args.out) / f"clip-{feature}-{view}"),
-                                             feature=feature, view=view, threads=args.threads), log=print)
+                                             feature=feature, view=view, threads=args.threads), log=print,
+                                 finish=proven_head_line)
             art = load_artifact(folder)
             head, spec = load_head(art), probe_spec(bb, view)
 
@@ -72,9 +74,9 @@ def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def model_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for m in args.model:
-        val = run_eval(m, args.data, "val", device="cpu")
-        test = run_eval(m, args.data, "test_generator", device="cpu", real_split="val")
-        real = run_eval(m, args.imagenet, "all", device="cpu")
+        val = run_eval(EvalRequest(m, args.data, split="val", device="cpu"))
+        test = run_eval(EvalRequest(m, args.data, split="test_generator", device="cpu", real_split="val"))
+        real = run_eval(EvalRequest(m, args.imagenet, split="all", device="cpu"))
         out.append(row(f"{load_artifact(m).model_id}", val, test, real))
         print(out[-1], flush=True)
     return out

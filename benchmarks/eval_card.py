@@ -3,7 +3,7 @@
     python benchmarks/eval_card.py --shared ../shared/data --wild /path/to/wild \
         --model mai-clip-wild --model mai-clip-modern --out card.json
 
-Each row is `mai_train.evaluate_cli.run_eval`, the function behind `mai eval`, with
+Each row is `mai_train.eval_report.run_eval`, the function behind `mai eval`, with
 the arguments shown in its `command` column; probes on the CPU score from the
 feature cache ($MAI_HOME/features), so a second model on the same backbone costs
 seconds. Prints a Markdown table per model and one of true-positive rates per
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mai_train.evaluate_cli import run_eval  # noqa: E402
+from mai_train.eval_report import EvalRequest, run_eval  # noqa: E402
 
 # (label, data key, split, real split, perturbation, limit)
 RUNS = [
@@ -65,7 +65,8 @@ def main() -> None:
         print("| data | command | n | ROC-AUC | TPR at 5% FPR | TPR | FPR | accuracy | uncertain |")
         print("|---|---|---|---|---|---|---|---|---|")
         for label, key, split, real, perturb, limit in RUNS:
-            rep = run_eval(model, str(data[key]), split, limit, 128, "cpu", None, real, perturb=perturb)
+            rep = run_eval(EvalRequest(model, str(data[key]), split=split, limit=limit, device="cpu",
+                                       real_split=real, perturb=perturb))
             cmd = f"mai eval --data {key} --split {split}" + (f" --real-split {real}" if real else "") + \
                 (f" --perturb {perturb}" if perturb else "") + (f" --limit {limit}" if limit else "")
             rows.append({"label": label, "command": cmd, "perturbation": perturb, **rep})

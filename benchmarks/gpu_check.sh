@@ -211,7 +211,7 @@ measure() {  # each part time-boxed and on its own: one failing does not stop th
     step "export proof" export.txt 90 "$PY" -c 'from mai_train.cli import main; main()' export onnx \
         --precision all --out "$STAGE/export"
     [ -n "${MAI_GPU_STAND_IN:-}" ] ||
-        step tests/test_scan_gpu.py tests.txt 90 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_scan_gpu.py
+        step tests/scanner/test_scan_gpu.py tests.txt 90 "$PY" -m pytest -q -p no:cacheprovider -rs tests/scanner/test_scan_gpu.py
 }
 
 run() {

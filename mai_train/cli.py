@@ -8,11 +8,32 @@ needs (torch, for most) when it runs.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
+from export.cli import export_group
 from mai.console import run_main
+
+F = TypeVar("F", bound=Callable[..., Any])
+DATA_HELP = "Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images"
+
+
+def data_option(repeatable: str | None = None) -> Callable[[F], F]:
+    """--data, one data set; with `repeatable` (what repeating it means), several."""
+    if repeatable is None:
+        return click.option("--data", required=True, help=f"{DATA_HELP}.")
+    return click.option("--data", required=True, multiple=True, help=f"{DATA_HELP} ({repeatable}).")
+
+
+def calibration_options(f: F) -> F:
+    """--target-fpr and --band-precision: how every trainer calibrates (mai_train.evaluate.calibrate)."""
+    f = click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
+                     help="Verdicts outside the uncertainty band must be this precise on validation.")(f)
+    return click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
+                        help="Choose the threshold for this validation false-positive rate "
+                             "(default: max balanced accuracy).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +61,7 @@ def train() -> None:
 
 
 @train.command("cnn")
-@click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
+@data_option()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder; re-running resumes it.")
 @click.option("--arch", default="mai_cnn", show_default=True, help="Registered architecture (`mai models`).")
 @click.option("--name", default=None, help="Model name in its id (default: the --out folder's name).")
@@ -61,10 +82,7 @@ def train() -> None:
 @click.option("--shift", default=0.125, show_default=True, type=click.FloatRange(0, 0.5))
 @click.option("--jpeg", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="P(JPEG re-encode).")
 @click.option("--blur", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="P(Gaussian blur).")
-@click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
-              help="Choose the threshold for this validation false-positive rate (default: max balanced accuracy).")
-@click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
-              help="Verdicts outside the uncertainty band must be this precise on validation.")
+@calibration_options
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
 def train_cnn_cmd(**kw: Any) -> None:
     """Train a CNN detector; the run folder becomes a model artifact.
@@ -83,9 +101,7 @@ def train_cnn_cmd(**kw: Any) -> None:
 
 
 @train.command("probe")
-@click.option("--data", required=True, multiple=True,
-              help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images (repeatable: one probe learns "
-                   "from all, each set keeping its own split).")
+@data_option("repeatable: one probe learns from all, each set keeping its own split")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model artifact.")
 @click.option("--backbone", default="clip-vit-b16", show_default=True, help="Frozen feature backbone.")
 @click.option("--feature", default="embed", show_default=True, type=click.Choice(["embed", "cls", "layers"]),
@@ -115,10 +131,7 @@ def train_cnn_cmd(**kw: Any) -> None:
 @click.option("--l2", multiple=True, type=click.FloatRange(min=0, min_open=True),
               help="Linear head: regularisation strengths to try (repeatable; default a grid from 0.3 to 300), "
                    "chosen on val.")
-@click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
-              help="Choose the threshold for this validation false-positive rate (default: max balanced accuracy).")
-@click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
-              help="Verdicts outside the uncertainty band must be this precise on validation.")
+@calibration_options
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads (default: all cores).")
 @click.option("--name", default=None, help="Model name in its id (default: the --out folder's name).")
 def train_probe_cmd(**kw: Any) -> None:
@@ -142,12 +155,15 @@ def train_probe_cmd(**kw: Any) -> None:
     for k in ("data", "exclude_source", "cap", "val_cap", "weight", "val_perturb"):
         kw[k] = tuple(kw[k])
     console = stderr_console()
-    train_probe(ProbeConfig(**kw), log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    from export.probe_head import proven_head_line
+
+    train_probe(ProbeConfig(**kw), log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+                finish=proven_head_line)
 
 
 @train.command("vlm")
 @click.option("--base", required=True, help="VLM base model folder (SmolVLM/Idefics3, PaliGemma, moondream2).")
-@click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
+@data_option()
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Adapter folder to create; re-running a cut run with the same --out resumes it.")
 @click.option("--name", default=None, help="Adapter name in its id (default: the --out folder's name).")
@@ -177,10 +193,7 @@ def train_probe_cmd(**kw: Any) -> None:
 @click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads (default: all cores).")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Use only this many training images.")
 @click.option("--val-limit", default=None, type=click.IntRange(1), help="Use only this many validation images.")
-@click.option("--target-fpr", default=None, type=click.FloatRange(0, 1),
-              help="Choose the threshold for this validation false-positive rate (default: max balanced accuracy).")
-@click.option("--band-precision", default=0.98, show_default=True, type=click.FloatRange(0.5, 1),
-              help="Verdicts outside the uncertainty band must be this precise on validation.")
+@calibration_options
 @click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(1),
               help="Optimizer steps between resumable checkpoints (also after every epoch).")
 def train_vlm_cmd(**kw: Any) -> None:
@@ -202,7 +215,7 @@ def train_vlm_cmd(**kw: Any) -> None:
 
 @cli.command("eval")
 @click.option("--model", "model_path", default=None, help="Model folder (default: the embedded model).")
-@click.option("--data", required=True, help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images.")
+@data_option()
 @click.option("--split", default="all", show_default=True,
               help="Which part to score: all, train or val (the hash split, or a manifest's own split "
                    "column, which may name more, e.g. test_generator).")
@@ -227,9 +240,7 @@ def train_vlm_cmd(**kw: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--base", default=None, help="VLM adapters: the base folder (default: the one in its mai.json).")
 @click.option("--trust-remote-code", is_flag=True, help="VLM adapters: run the base's own code (moondream2).")
-def eval_cmd(model_path: str | None, data: str, split: str, real_split: str | None, limit: int | None,
-             batch_size: int, device: str, jpeg_quality: int | None, perturb: str | None, no_cache: bool,
-             as_json: bool, base: str | None = None, trust_remote_code: bool = False, precision: str = "fp32") -> None:
+def eval_cmd(as_json: bool, no_cache: bool, **flags: Any) -> None:
     """Evaluate a model: accuracy, balanced accuracy, ROC-AUC, AP, TPR/FPR at its
     stored threshold, and a per-source table.
 
@@ -241,14 +252,13 @@ def eval_cmd(model_path: str | None, data: str, split: str, real_split: str | No
       mai eval --data modern-train.tar --split test_generator --real-split val
       mai eval --data imagenet-samples-real.tar --perturb jpeg50
     """
-    from mai_train.evaluate_cli import run_eval
+    from mai_train.eval_report import EvalRequest, run_eval
 
-    rep = run_eval(model_path, data, split, limit, batch_size, device, jpeg_quality, real_split, base,
-                   trust_remote_code, perturb=perturb, cache=not no_cache, precision=precision)
+    rep = run_eval(EvalRequest(cache=not no_cache, **flags))  # the other flags are EvalRequest's fields
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:
-        from mai_train.evaluate_cli import print_report
+        from mai_train.eval_report import print_report
 
         print_report(rep)
 
@@ -259,8 +269,7 @@ def data_group() -> None:
 
 
 @data_group.command("check")
-@click.option("--data", required=True, multiple=True,
-              help="Folder, .tar/.tar.gz, or CSV/JSONL manifest of labelled images (repeatable: checked together).")
+@data_option("repeatable: checked together")
 @click.option("--no-decode", is_flag=True, help="Hash only (faster); do not decode every file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
 def data_check_cmd(data: tuple[str, ...], no_decode: bool, as_json: bool) -> None:
@@ -303,9 +312,8 @@ def data_check_cmd(data: tuple[str, ...], no_decode: bool, as_json: bool) -> Non
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--caption-prompt", default="Describe this image in one sentence.", show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]))
-def data_pair_cmd(real: str, out: str, vlm: str, generator: str, trust_remote_code: bool, limit: int | None,
-                  seed: int, steps: int | None, guidance: float | None, size: str | None, fmt: str, quality: int,
-                  batch_size: int, caption_prompt: str, device: str) -> None:
+def data_pair_cmd(real: str, out: str, vlm: str, generator: str, trust_remote_code: bool, device: str,
+                  size: str | None, **pairing: Any) -> None:
     """Caption real images with a VLM, draw a twin of each from its caption with a
     local text-to-image model, and write matched real/generated pairs with a
     manifest (OUT/manifest.csv) for `mai train ... --data`.
@@ -315,23 +323,29 @@ def data_pair_cmd(real: str, out: str, vlm: str, generator: str, trust_remote_co
       mai data pair --real photos/ --out pairs/ --vlm models/SmolVLM-256M-Instruct \\
           --generator models/sdxl-turbo --steps 4 --guidance 0
     """
-    from mai.vlm import VLMError, VLMScorer
+    from mai.vlm import VLMScorer
     from mai_train.vlm.pair import DiffusersGenerator, PairOptions, make_pairs
 
-    wh = None
-    if size:
-        try:
-            w, h = (int(v) for v in size.lower().split("x"))
-            wh = (w, h)
-        except ValueError:
-            raise VLMError(f"--size {size!r}: give WIDTHxHEIGHT, e.g. 512x512") from None
-    gen = DiffusersGenerator(generator, device=device, steps=steps, guidance=guidance, size=wh)
-    captioner = VLMScorer(vlm, trust_remote_code=trust_remote_code, device=device, batch_size=batch_size)
-    opts = PairOptions(limit=limit, seed=seed, fmt=fmt, quality=quality, batch_size=batch_size,
-                       caption_prompt=caption_prompt)
-    manifest = make_pairs(real, out, lambda ims: captioner.caption(ims, caption_prompt), gen, opts,
+    gen = DiffusersGenerator(generator, device=device, steps=pairing.pop("steps"), guidance=pairing.pop("guidance"),
+                             size=_size(size))
+    opts = PairOptions(**pairing)  # limit, seed, fmt, quality, batch_size, caption_prompt
+    captioner = VLMScorer(vlm, trust_remote_code=trust_remote_code, device=device, batch_size=opts.batch_size)
+    manifest = make_pairs(real, out, lambda ims: captioner.caption(ims, opts.caption_prompt), gen, opts,
                           log=lambda t: click.echo(t, err=True))
     click.echo(f"manifest: {manifest}", err=True)
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    """--size WxH."""
+    from mai.vlm import VLMError
+
+    if not text:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise VLMError(f"--size {text!r}: give WIDTHxHEIGHT, e.g. 512x512") from None
+    return w, h
 
 
 @cli.command("models")
@@ -386,7 +400,7 @@ def report_cmd(records: tuple[str, ...], html: str, html_thumbs: str, roots: tup
       mai report out.jsonl --html report.html
       mai report scan-dir/ --html report.html --html-thumbs none   # an --out-dir scan, no thumbnails
     """
-    # The one import of the scanner in the training wing (tests/test_structure.py
+    # The one import of the scanner in the training wing (tests/core/test_structure.py
     # allows it here, lazily): the report belongs to the scanner, and `mai` is the
     # command that works on records after a scan. No torch on this path.
     from scanner.report import report_from_jsonl
@@ -397,77 +411,7 @@ def report_cmd(records: tuple[str, ...], html: str, html_thumbs: str, roots: tup
     click.echo(f"report: {w.target} ({w.count:,} records, {what})", err=True)
 
 
-@cli.group("export")
-def export_group() -> None:
-    """Export a trained model for inference without torch."""
-
-
-@export_group.command("onnx")
-@click.option("--model", "model_path", default=None, help="Model folder (default: the embedded model).")
-@click.option("--precision", default="fp32", show_default=True,
-              type=click.Choice(["fp32", "fp16", "int8", "all"]),
-              help="fp32 for CPUs; fp16 for GPUs (weights and arithmetic in half precision); int8: int8 "
-                   "weights, the compact form MAI ships a CNN in; all: fp32 and fp16.")
-@click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Folder for model.<precision>.onnx (default: the model folder itself).")
-def onnx_cmd(model_path: str | None, precision: str, out: str | None) -> None:
-    """Export to ONNX and prove it: checker, CPU session, parity with torch on
-    random and real images (fp32 within 1e-4, fp16 and int8 within 1e-2 in
-    probability); fp16 also runs on CUDA where a GPU is usable. A file that fails
-    its proof is never left behind.
-
-    A CNN: model.fp32.onnx, model.fp16.onnx, model.int8.onnx (mai-scan expands an
-    int8 file once per machine into fp32 for the CPU or fp16 for CUDA).
-
-    A probe: its file is the head, always fp32 (proven against the numpy head).
-    Its fp16 part is its backbone's graph, which mai-scan uses on CUDA: `all`
-    writes the head, builds that graph in $MAI_HOME/backbones/ and proves the pair
-    against the fp32 pair on random and real images (within 1e-2).
-
-    \b
-    Examples:
-      mai export onnx                                  # the embedded model (a probe)
-      mai export onnx --precision all                  # + its backbone's fp16 graph, proven
-      mai export onnx --model runs/cifake --precision all
-    """
-    from mai_train.export import export_onnx
-
-    precisions = ("fp32", "fp16") if precision == "all" else (precision,)
-    for r in export_onnx(model_path, precisions, out):
-        click.echo(f"wrote {r.path}")
-        click.echo(r.line(), err=True)
-
-
-@export_group.command("int8")
-@click.option("--model", "model_path", default=None, help="Probe model folder (default: the embedded model).")
-@click.option("--data", required=True, type=click.Path(exists=True), help="Training data (folder, tar, manifest).")
-@click.option("--split", default="train", show_default=True, help="The split calibration images come from.")
-@click.option("--images", default=256, show_default=True, type=click.IntRange(8), help="How many images.")
-@click.option("--method", default="p99.99", show_default=True,
-              help="Range of activations not smoothed: minmax, or a percentile pNN.NN.")
-@click.option("--alpha", default=0.8, show_default=True, type=click.FloatRange(0, 1),
-              help="SmoothQuant migration strength (0: no smoothing).")
-@click.option("--keep-fp32", default="gelu", show_default=True, type=click.Choice(["gelu", "none"]),
-              help="Products left in fp32 besides the last layer: gelu = the MLPs' second products (their "
-                   "heavy-tailed GELU input moved 1.8% of validation verdicts in int8; fp32 keeps them within 1%).")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime threads.")
-def int8_cmd(model_path: str | None, data: str, split: str, images: int, method: str, alpha: float,
-             keep_fp32: str, threads: int | None) -> None:
-    """Calibrate the static int8 graph of a probe's backbone: ranges and SmoothQuant
-    divisors from training images, written as int8.json in the model folder (about
-    60 KB). mai-scan builds the int8 graph from it once per machine and runs it
-    on CPUs with int8 dot-product instructions (`--precision` chooses).
-
-    \b
-    Example:
-      mai export int8 --model mai/pretrained/mai-clip-wild --data ../shared/data/modern-train.tar
-    """
-    from mai_train.calibrate_int8 import calibrate_int8
-
-    out = calibrate_int8(model_path, data, split, images, method, alpha, threads=threads,
-                         log=lambda m: click.echo(m, err=True),
-                         keep_fp32=() if keep_fp32 == "none" else (keep_fp32,))
-    click.echo(f"wrote {out}")
+cli.add_command(export_group)  # `mai export onnx`: the export package's own group
 
 
 def main() -> None:

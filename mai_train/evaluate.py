@@ -109,7 +109,7 @@ def map_items(fn: Callable[[np.ndarray], dict[str, np.ndarray]], ds: DataSet, it
                        lambda it: decode_item(ds, it, spec, upto=upto, augment=perturb), batch_size, progress)
 
 
-def score_items(model: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec,
+def score_torch_items(model: Any, ds: DataSet, items: Sequence[Item], spec: PreprocessSpec,
                 batch_size: int = 128, device: str = "cpu",
                 progress: Callable[[int], None] | None = None,
                 perturb: Callable[[Image.Image], Image.Image] | None = None) -> Scored:

@@ -9,16 +9,14 @@ features (UnivFD, CVPR 2023; Cozzolino et al., CVPR-W 2024). Here:
 - `fit_logistic` fits an L2-regularised logistic regression by Newton's method
   (exact, a few iterations, no extra dependency) on L2-normalised, standardised
   features;
-- `head_onnx` writes the head as a tiny ONNX graph, `features: float32[N, D]` ->
-  `logit`, `prob`, carrying the `mai.*` metadata and `mai.backbone`, which tells
-  `mai.session.open_model` which feature graph to run first.
+- the head's ONNX form (`features: float32[N, D]` -> `logit`, `prob`) is written
+  and proven by `export.probe_head`, the export package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -236,63 +234,3 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, cfg: MlpConfig = MlpConfig(), blocks: 
     finally:
         torch.set_num_threads(threads)
     return Head(w2, b2, mu, sigma, blocks, tuple(int(i) for i in select), w1, b1)
-
-
-def head_onnx(head: Head, meta: dict[str, str], path: Path, in_dim: int | None = None) -> Path:
-    """Write the head as ONNX (opset 17): features (`in_dim` wide) -> blocks ->
-    the selected ones at unit length -> standardise -> (hidden layer) -> logit, prob (float32[N]),
-    with `meta` as its metadata. Needs the onnx package."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    a = head.arrays()
-    d = a["mu"].shape[0]
-    in_dim = in_dim or head.in_width
-    inits = [numpy_helper.from_array(a["mu"], "mu"), numpy_helper.from_array(a["sigma"], "sigma"),
-             numpy_helper.from_array(a["w"].reshape(-1, 1), "w"), numpy_helper.from_array(a["b"], "b"),
-             numpy_helper.from_array(np.asarray([1e-24], np.float32), "eps"),
-             numpy_helper.from_array(np.asarray([-1], np.int64), "flat"),
-             numpy_helper.from_array(np.asarray([0, head.blocks, in_dim // head.blocks], np.int64), "split"),
-             numpy_helper.from_array(np.asarray(head.select, np.int64), "select"),
-             numpy_helper.from_array(np.asarray([0, d], np.int64), "joined"),
-             numpy_helper.from_array(np.asarray([2], np.int64), "axis2")]
-    nodes = [
-        helper.make_node("Reshape", ["features", "split"], ["parts_all"]),
-        helper.make_node("Gather", ["parts_all", "select"], ["parts"], axis=1),
-        helper.make_node("Mul", ["parts", "parts"], ["sq"]),
-        helper.make_node("ReduceSum", ["sq", "axis2"], ["ss"], keepdims=1),
-        helper.make_node("Add", ["ss", "eps"], ["ss_eps"]),
-        helper.make_node("Sqrt", ["ss_eps"], ["norm"]),
-        helper.make_node("Div", ["parts", "norm"], ["unit_parts"]),
-        helper.make_node("Reshape", ["unit_parts", "joined"], ["unit"]),
-        helper.make_node("Sub", ["unit", "mu"], ["centred"]),
-        helper.make_node("Div", ["centred", "sigma"], ["z"]),
-    ]
-    if head.w1 is not None:  # the MLP's hidden layer, stored in half precision, computed in fp32
-        inits += [numpy_helper.from_array(a["w1"], "w1_half"), numpy_helper.from_array(a["b1"], "b1")]
-        nodes += [helper.make_node("Cast", ["w1_half"], ["w1"], to=TensorProto.FLOAT),
-                  helper.make_node("MatMul", ["z", "w1"], ["z_w1"]),
-                  helper.make_node("Add", ["z_w1", "b1"], ["pre"]),
-                  helper.make_node("Relu", ["pre"], ["h"])]
-    nodes += [
-        helper.make_node("MatMul", ["h" if head.w1 is not None else "z", "w"], ["zw"]),
-        helper.make_node("Add", ["zw", "b"], ["logit2d"]),
-        helper.make_node("Reshape", ["logit2d", "flat"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["prob"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "mai.probe_head",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", in_dim])],
-        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"]),
-         helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N"])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="mai")
-    model.ir_version = 8
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
-    return path

@@ -27,7 +27,7 @@ from mai_train import metrics
 from mai_train.checkpoint import STATE_NAME, load_state, save_artifact, versions
 from mai_train.checkpoint import save_state as _atomic_save
 from mai_train.data import DataSet, open_dataset
-from mai_train.evaluate import calibrate, decode_item, jpeg_reencoder, score_items
+from mai_train.evaluate import calibrate, decode_item, jpeg_reencoder, score_torch_items
 
 OPTIMIZERS = ("rmsprop", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -181,176 +181,240 @@ def keep_freed_memory() -> None:
         pass
 
 
+@dataclass
+class _Progress:
+    """Where a run stands; saved with the weights at every checkpoint (mid-epoch included)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # the best epoch so far: number, metric, weights
+    epoch: int = 0
+    step_in_epoch: int = 0
+    bad_total: int = 0  # unreadable training images met
+    wall: float = 0.0  # seconds spent training and validating
+
+    @classmethod
+    def resumed(cls, state: dict[str, Any]) -> _Progress:
+        return cls(state["history"], state["best"], state["epoch"], state["step_in_epoch"],
+                   state.get("bad", 0), state.get("wall", 0.0))
+
+
+@dataclass
+class _Running:
+    """One epoch's running training loss and accuracy."""
+
+    loss: float = 0.0
+    correct: int = 0
+    n: int = 0
+
+    def mean(self, value: float) -> float | None:
+        return value / max(self.n, 1) if self.n else None
+
+
 def train_cnn(cfg: TrainConfig, log: Any = None) -> Path:
     """Train (or resume) a run; returns the artifact folder (= cfg.out)."""
     keep_freed_memory()
-    import torch
-    from torch.utils.data import DataLoader
+    return CnnRun(cfg, log).train()
 
-    from mai_train.display import TrainDisplay
-    from mai_train.registry import create_model, default_spec
 
-    if cfg.spec is None:
-        cfg.spec = default_spec(cfg.arch).to_dict()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_NAME
-    resumed = load_state(out, asdict(cfg), ("arch", "epochs", "batch_size", "seed", "spec", "limit"), TrainError)
+class CnnRun:
+    """One `mai train cnn` run: set up (or resume) from the run folder, train epoch
+    by epoch with checkpoints, keep the best epoch, and write its artifact."""
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    spec = PreprocessSpec.from_dict(cfg.spec)
-    ds = open_dataset(cfg.data)
-    train_items, val_items = ds.split("train"), ds.split("val")
-    if cfg.limit:
-        rng = random.Random(cfg.seed)
-        train_items = rng.sample(train_items, min(cfg.limit, len(train_items)))
-        val_items = rng.sample(val_items, min(max(cfg.limit // 5, 64), len(val_items)))
-    if not train_items or not val_items:
-        raise TrainError(f"{cfg.data}: the split ({ds.split_rule}) left {len(train_items)} training and "
-                         f"{len(val_items)} validation images; add data")
+    def __init__(self, cfg: TrainConfig, log: Any = None) -> None:
+        import torch
 
-    w, h = spec.input_size
-    model = create_model(cfg.arch).to(device)
-    opt = _optimizer(cfg, model)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device == "cuda")
-    steps_per_epoch = len(train_items) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise TrainError(f"{len(train_items)} training images is fewer than one batch of {cfg.batch_size}")
-    total_steps = steps_per_epoch * cfg.epochs
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    epoch, step_in_epoch, bad_total, wall = 0, 0, 0, 0.0
-    if resumed:
-        model.load_state_dict(resumed["model"])
-        opt.load_state_dict(resumed["optimizer"])
-        scaler.load_state_dict(resumed["scaler"])
-        history, best = resumed["history"], resumed["best"]
-        epoch, step_in_epoch = resumed["epoch"], resumed["step_in_epoch"]
-        bad_total, wall = resumed.get("bad", 0), resumed.get("wall", 0.0)
-    data = _Images(ds, train_items, spec, cfg.augment, cfg.seed)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    display = TrainDisplay(cfg.epochs, steps_per_epoch, log=log)
-    if resumed:
-        display.note(f"resuming at epoch {epoch + 1}, step {step_in_epoch}")
-    display.note(
-        f"{len(train_items)} training / {len(val_items)} validation images from {ds.root} "
-        f"({ds.kind}); {cfg.arch} on {device}"
-    )
+        from mai_train.display import TrainDisplay
+        from mai_train.registry import default_spec
 
-    def checkpoint() -> None:
+        if cfg.spec is None:
+            cfg.spec = default_spec(cfg.arch).to_dict()
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = load_state(self.out, asdict(cfg), ("arch", "epochs", "batch_size", "seed", "spec", "limit"),
+                             TrainError)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.spec = PreprocessSpec.from_dict(cfg.spec)
+        self.ds = open_dataset(cfg.data)
+        train_items, self.val_items = self._items()
+        self._build(resumed)
+        self.steps_per_epoch = len(train_items) // cfg.batch_size
+        self.data = _Images(self.ds, train_items, self.spec, cfg.augment, cfg.seed)
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.display = TrainDisplay(cfg.epochs, self.steps_per_epoch, log=log)
+        if resumed:
+            self.display.note(f"resuming at epoch {self.p.epoch + 1}, step {self.p.step_in_epoch}")
+        self.display.note(f"{len(train_items)} training / {len(self.val_items)} validation images from "
+                          f"{self.ds.root} ({self.ds.kind}); {cfg.arch} on {self.device}")
+
+    def _items(self) -> tuple[list, list]:
+        cfg, ds = self.cfg, self.ds
+        train_items, val_items = ds.split("train"), ds.split("val")
+        if cfg.limit:
+            rng = random.Random(cfg.seed)
+            train_items = rng.sample(train_items, min(cfg.limit, len(train_items)))
+            val_items = rng.sample(val_items, min(max(cfg.limit // 5, 64), len(val_items)))
+        if not train_items or not val_items:
+            raise TrainError(f"{cfg.data}: the split ({ds.split_rule}) left {len(train_items)} training and "
+                             f"{len(val_items)} validation images; add data")
+        if len(train_items) // cfg.batch_size == 0:
+            raise TrainError(f"{len(train_items)} training images is fewer than one batch of {cfg.batch_size}")
+        return train_items, val_items
+
+    def _build(self, resumed: dict[str, Any] | None) -> None:
+        """The model, optimizer and loss scaler, restored from `resumed` when there is one."""
+        import torch
+
+        from mai_train.registry import create_model
+
+        cfg = self.cfg
+        self.model = create_model(cfg.arch).to(self.device)
+        self.opt = _optimizer(cfg, self.model)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and self.device == "cuda")
+        self.p = _Progress()
+        if resumed:
+            self.model.load_state_dict(resumed["model"])
+            self.opt.load_state_dict(resumed["optimizer"])
+            self.scaler.load_state_dict(resumed["scaler"])
+            self.p = _Progress.resumed(resumed)
+
+    def train(self) -> Path:
+        with self.display:
+            while self.p.epoch < self.cfg.epochs:
+                running, t0 = self._train_epoch()
+                self._validate(running, t0)
+                self.p.epoch, self.p.step_in_epoch = self.p.epoch + 1, 0
+                self.checkpoint()
+        return finalise(self, log=self.display)
+
+    def checkpoint(self) -> None:
+        p = self.p
         _atomic_save({
-            "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(), "history": history, "best": best, "epoch": epoch,
-            "step_in_epoch": step_in_epoch, "bad": bad_total, "wall": wall,
-        }, state_path)
+            "config": asdict(self.cfg), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(), "history": p.history, "best": p.best, "epoch": p.epoch,
+            "step_in_epoch": p.step_in_epoch, "bad": p.bad_total, "wall": p.wall,
+        }, self.out / STATE_NAME)
 
-    from mai.preprocess_torch import finish
+    def _loader(self) -> Any:
+        """The rest of this epoch's seeded order (a resumed run skips the steps it did)."""
+        import torch
+        from torch.utils.data import DataLoader
 
-    with display:
-        while epoch < cfg.epochs:
-            data.epoch = epoch
-            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            order = torch.randperm(len(data), generator=g).tolist()[: steps_per_epoch * cfg.batch_size]
-            order = order[step_in_epoch * cfg.batch_size :]
-            loader = DataLoader(
-                torch.utils.data.Subset(data, order), batch_size=cfg.batch_size, shuffle=False,
-                num_workers=cfg.workers, collate_fn=_collate, drop_last=False,
-                persistent_workers=False, pin_memory=device == "cuda",
-            )
-            model.train()
-            run_loss, run_correct, run_n = 0.0, 0, 0
-            t0 = time.time()
-            for x, y, bad in loader:
-                bad_total += bad
-                if x is not None:
-                    lr = _lr_at(cfg, epoch * steps_per_epoch + step_in_epoch, total_steps)
-                    for grp in opt.param_groups:
-                        grp["lr"] = lr
-                    x = finish(x.to(device, non_blocking=True), spec)
-                    y = y.to(device, non_blocking=True)
-                    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=scaler.is_enabled()):
-                        logits = model(x)
-                        loss = loss_fn(logits.float(), y)
-                    if not torch.isfinite(loss):
-                        raise TrainError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                    run_loss += loss.item() * y.numel()
-                    run_correct += int(((logits.detach() > 0).float() == y).sum())
-                    run_n += y.numel()
-                step_in_epoch += 1
-                display.step(epoch, step_in_epoch, run_loss / max(run_n, 1), run_correct / max(run_n, 1), lr)
-                if step_in_epoch % cfg.checkpoint_every == 0:
-                    wall += time.time() - t0
-                    t0 = time.time()
-                    checkpoint()
-            wall += time.time() - t0
-            t0 = time.time()
-            scored = score_items(model, ds, val_items, spec, batch_size=128, device=device)
-            val = metrics.summarise(scored.scores, scored.labels, 0.5)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": run_loss / max(run_n, 1) if run_n else None,
-                "train_accuracy": run_correct / max(run_n, 1) if run_n else None,
-                "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
-                "val_average_precision": val["average_precision"],
-                "wall_s": round(wall + (time.time() - t0), 1),
-            }
-            history.append(row)
-            display.epoch_done(row)
-            if best is None or (row[f"val_{cfg.select}"] or 0) > best["metric"]:
-                best = {"epoch": epoch + 1, "metric": row[f"val_{cfg.select}"] or 0,
-                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-            wall += time.time() - t0
-            epoch, step_in_epoch = epoch + 1, 0
-            checkpoint()
+        cfg, p = self.cfg, self.p
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + p.epoch)
+        order = torch.randperm(len(self.data), generator=g).tolist()[: self.steps_per_epoch * cfg.batch_size]
+        order = order[p.step_in_epoch * cfg.batch_size :]
+        return DataLoader(
+            torch.utils.data.Subset(self.data, order), batch_size=cfg.batch_size, shuffle=False,
+            num_workers=cfg.workers, collate_fn=_collate, drop_last=False,
+            persistent_workers=False, pin_memory=self.device == "cuda",
+        )
 
-    return finalise(cfg, out, ds, val_items, spec, history, best, bad_total, wall, device, log=display)
+    def _train_epoch(self) -> tuple[_Running, float]:
+        """The epoch's remaining steps, checkpointing every `checkpoint_every`; returns
+        the running loss and the time the wall clock was last read."""
+        cfg, p = self.cfg, self.p
+        self.data.epoch = p.epoch
+        loader = self._loader()
+        self.model.train()
+        running = _Running()
+        t0 = time.time()
+        for x, y, bad in loader:
+            p.bad_total += bad
+            lr = _lr_at(cfg, p.epoch * self.steps_per_epoch + p.step_in_epoch, self.steps_per_epoch * cfg.epochs)
+            if x is not None:
+                self._step(x, y, lr, running)
+            p.step_in_epoch += 1
+            self.display.step(p.epoch, p.step_in_epoch, running.loss / max(running.n, 1),
+                              running.correct / max(running.n, 1), lr)
+            if p.step_in_epoch % cfg.checkpoint_every == 0:
+                p.wall += time.time() - t0
+                t0 = time.time()
+                self.checkpoint()
+        p.wall += time.time() - t0
+        return running, time.time()
+
+    def _step(self, x: Any, y: Any, lr: float, running: _Running) -> None:
+        import torch
+
+        from mai.preprocess_torch import finish
+
+        for grp in self.opt.param_groups:
+            grp["lr"] = lr
+        x = finish(x.to(self.device, non_blocking=True), self.spec)
+        y = y.to(self.device, non_blocking=True)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.scaler.is_enabled()):
+            logits = self.model(x)
+            loss = self.loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainError(f"loss became {loss.item()} at epoch {self.p.epoch + 1}; lower --lr")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        running.loss += loss.item() * y.numel()
+        running.correct += int(((logits.detach() > 0).float() == y).sum())
+        running.n += y.numel()
+
+    def _validate(self, running: _Running, t0: float) -> None:
+        """Score the validation split, record the epoch, keep it if it is the best so far."""
+        cfg, p = self.cfg, self.p
+        scored = score_torch_items(self.model, self.ds, self.val_items, self.spec, batch_size=128, device=self.device)
+        val = metrics.summarise(scored.scores, scored.labels, 0.5)
+        row = {
+            "epoch": p.epoch + 1,
+            "train_loss": running.mean(running.loss), "train_accuracy": running.mean(running.correct),
+            "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
+            "val_average_precision": val["average_precision"],
+            "wall_s": round(p.wall + (time.time() - t0), 1),
+        }
+        p.history.append(row)
+        self.display.epoch_done(row)
+        if p.best is None or (row[f"val_{cfg.select}"] or 0) > p.best["metric"]:
+            p.best = {"epoch": p.epoch + 1, "metric": row[f"val_{cfg.select}"] or 0,
+                      "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+        p.wall += time.time() - t0
 
 
-def finalise(cfg: TrainConfig, out: Path, ds: DataSet, val_items: list, spec: PreprocessSpec,
-             history: list, best: dict[str, Any] | None, bad_total: int, wall: float, device: str,
-             log: Any = None) -> Path:
+def finalise(run: CnnRun, log: Any = None) -> Path:
     """Calibrate the best epoch on validation data and write the artifact."""
     from mai_train.registry import create_model
 
-    if best is None:
+    cfg, out, ds, p = run.cfg, run.out, run.ds, run.p
+    if p.best is None:
         raise TrainError("no epoch finished; nothing to save")
-    model = create_model(cfg.arch).to(device)
-    model.load_state_dict(best["model"])
-    scored = score_items(model, ds, val_items, spec, batch_size=128, device=device)
+    model = create_model(cfg.arch).to(run.device)
+    model.load_state_dict(p.best["model"])
+    scored = score_torch_items(model, ds, run.val_items, run.spec, batch_size=128, device=run.device)
     cal = calibrate(scored, cfg.target_fpr, cfg.band_precision)
     threshold, band, rep = cal["threshold"], cal["uncertain"], cal["metrics"]["val"]
     name = cfg.name or out.name
     meta = {
         "name": name,
         "architecture": {"name": cfg.arch, "args": {}},
-        "preprocess": spec.to_dict(),
+        "preprocess": run.spec.to_dict(),
         **cal,
         "data": {
             "source": str(cfg.data), "fingerprint": ds.fingerprint(), "split_rule": ds.split_rule,
             "counts": {"all": ds.counts(), "train": len(ds.split("train")),
                        "val": len(ds.split("val")),
                        "train_used": len(ds.split("train")) if not cfg.limit else cfg.limit},
-            "unreadable_train": bad_total, "unreadable_val": len(scored.unreadable),
+            "unreadable_train": p.bad_total, "unreadable_val": len(scored.unreadable),
         },
         "train": {
             "command": " ".join(["mai", *sys.argv[1:]]) if sys.argv and "mai" in Path(sys.argv[0]).name else None,
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("spec",)},
-            "best_epoch": best["epoch"], "selected_by": f"val_{cfg.select}",
-            "epochs": len(history), "wall_s": round(wall, 1), "hardware": hardware(device),
-            "history": history,
+            "best_epoch": p.best["epoch"], "selected_by": f"val_{cfg.select}",
+            "epochs": len(p.history), "wall_s": round(p.wall, 1), "hardware": hardware(run.device),
+            "history": p.history,
         },
         "versions": versions(),
     }
     art = save_artifact(out, model, meta, name)
     if log is not None:
-        log.note(f"saved {art.model_id} to {out} (best epoch {best['epoch']}, threshold {threshold:.4f}, "
+        log.note(f"saved {art.model_id} to {out} (best epoch {p.best['epoch']}, threshold {threshold:.4f}, "
                  f"band [{band[0]:.4f}, {band[1]:.4f}], val accuracy {rep['accuracy']:.4f})")
     return out

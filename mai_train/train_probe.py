@@ -6,8 +6,9 @@ regularisation costs seconds. The regularisation strength is chosen on the
 validation split by ROC-AUC; the threshold and the uncertainty band are then
 calibrated on the same split by the rule every MAI detector uses
 (`mai_train.evaluate.calibrate`). The run folder becomes a model artifact: `mai.json`,
-the head's weights in `model.safetensors`, and the head as `model.fp32.onnx`,
-proven equal to the numpy head before it is renamed into place.
+the head's weights in `model.safetensors`; `mai train probe` then adds the head as
+`model.fp32.onnx` (`export.probe_head`), proven equal to the numpy head on
+validation features before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,18 @@ from typing import Any
 import numpy as np
 
 from mai.appdir import app_dir
-from mai.artifact import SCHEMA, WEIGHTS_NAME, Artifact, load_artifact, onnx_metadata, sha256_file
+from mai.artifact import SCHEMA, WEIGHTS_NAME, Artifact, load_artifact, sha256_file
 from mai.backbone import FEATURES, Backbone, feature_graph, get_backbone
 from mai.errors import MaiError
 from mai.preprocess import PreprocessSpec, Step
+from mai_train import metrics
 from mai_train.checkpoint import versions
 from mai_train.data import DataSet, Item, open_dataset
 from mai_train.evaluate import Scored, calibrate
-from mai_train.probe import HEADS, Features, Head, MlpConfig, extract, fit_logistic, fit_mlp, head_onnx
+from mai_train.probe import HEADS, Features, Head, MlpConfig, extract, fit_logistic, fit_mlp
 
 VIEWS = ("crop", "center_crop")  # native 224 centre crop, or the whole image resized (CLIP's own recipe)
 L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
-HEAD_TOLERANCE = 1e-4  # max |prob difference| between the ONNX head and the numpy head, as fp32 exports
 
 
 class ProbeError(MaiError):
@@ -247,24 +248,38 @@ def unseen_generators(tr: Pool, va: Pool, fit: Any, full: np.ndarray, say: Any) 
     return oof, {"per_generator": table, "mean_roc_auc": float(np.mean(aucs)) if aucs else None}
 
 
-def _choose_l2(cfg: ProbeConfig, tr: Pool, va: Pool, nblocks: int, select: tuple[int, ...],
-               say: Any) -> tuple[float, list[dict[str, float]], None]:
-    """The linear head's regularisation: the strongest l2 within 0.002 of the best
-    validation ROC-AUC (simpler heads travel better)."""
-    from mai_train import metrics
-
-    tried = []
-    for l2 in cfg.l2:
-        head = fit_logistic(tr.x, tr.labels, l2, blocks=nblocks, select=select, weight=tr.weight)
-        auc = metrics.roc_auc(head.prob(va.x), va.labels) or 0.0
-        tried.append({"l2": l2, "val_roc_auc": auc})
-        say(f"  l2 {l2:g}: val ROC-AUC {auc:.4f}")
-    best_auc = max(t["val_roc_auc"] for t in tried)
-    return max(t["l2"] for t in tried if t["val_roc_auc"] >= best_auc - 0.002), tried, None
+#: The step after the artifact is written: (artifact, validation features) -> a line
+#: for the log. `mai train probe` passes `export.probe_head.proven_head_line`, which
+#: writes and proves the head's ONNX file (the training wing does not import the export).
+Finish = Callable[[Artifact, np.ndarray], str]
 
 
-def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
-    """Extract (or reuse) features, fit, choose, calibrate, write and prove the artifact."""
+@dataclass
+class _Inputs:
+    """What a probe run learns from: the backbone and its view, the data sets, their
+    quality check, and the training and validation rows (features)."""
+
+    data: list[str]
+    bb: Backbone
+    spec: PreprocessSpec
+    nblocks: int
+    select: tuple[int, ...]
+    sets: list[DataSet]
+    quality: Any
+    tr: Pool
+    va: Pool
+    t0: float  # when feature extraction began: the run's wall_s counts from here
+
+    def fit(self, pool: Pool, l2: float | None, mlp: MlpConfig | None = None) -> Head:
+        """The linear head at regularisation `l2`, or with `mlp` the MLP head."""
+        if mlp is not None:
+            return fit_mlp(pool.x, pool.labels, mlp, blocks=self.nblocks, select=self.select, weight=pool.weight)
+        return fit_logistic(pool.x, pool.labels, l2, blocks=self.nblocks, select=self.select, weight=pool.weight)
+
+
+def train_probe(cfg: ProbeConfig, log: Any = None, finish: Finish | None = None) -> Path:
+    """Extract (or reuse) features, fit, choose, calibrate and write the artifact;
+    then `finish` it (the CLI: its ONNX head, written and proven)."""
     say = log or (lambda line: None)
     if cfg.feature not in FEATURES:
         raise ProbeError(f"unknown feature {cfg.feature!r}; use one of {', '.join(FEATURES)}")
@@ -272,6 +287,39 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
         raise ProbeError(f"unknown head {cfg.head!r}; use one of {', '.join(HEADS)}")
     if cfg.calibrate not in CALIBRATIONS:
         raise ProbeError(f"unknown calibration {cfg.calibrate!r}; use one of {', '.join(CALIBRATIONS)}")
+    inp = _inputs(cfg, say)
+    l2, tried, mlp = _choose_l2(cfg, inp, say) if cfg.head == "linear" else (None, [], _mlp(cfg, say))
+    head, cal = _fit_and_calibrate(cfg, inp, l2, mlp, say)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.numpy import save_file
+
+    tmp = out / (WEIGHTS_NAME + ".tmp")
+    save_file(head.arrays(), str(tmp), metadata={"format": "np"})
+    os.replace(tmp, out / WEIGHTS_NAME)
+    train = {"l2_chosen": l2, "l2_tried": tried,
+             "selected_by": "val ROC-AUC (the strongest l2 within 0.002 of the best)" if mlp is None else
+                            "fixed MLP settings (chosen by leave-one-generator-out ROC-AUC: benchmarks/head_study.py)",
+             **({"mlp": asdict(mlp)} if mlp is not None else {}),
+             "train_metrics": metrics.summarise(head.prob(inp.tr.x), inp.tr.labels, cal["threshold"]),
+             "wall_s": round(time.monotonic() - inp.t0, 1)}
+    meta = _meta(cfg, inp, cal, train, sha256_file(out / WEIGHTS_NAME), mlp)
+    (out / "mai.json.tmp").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(out / "mai.json.tmp", out / "mai.json")
+    art = load_artifact(out)
+    done = f"; {finish(art, inp.va.x[:256])}" if finish is not None else ""
+    rep = cal["metrics"]["val"]
+    fitted = f"l2 {l2:g}" if l2 is not None else f"MLP {cfg.hidden}"
+    say(f"saved {art.model_id} to {out} ({fitted}, threshold {art.threshold:.4f}, band "
+        f"[{art.uncertain[0]:.4f}, {art.uncertain[1]:.4f}], val ROC-AUC {rep['roc_auc']:.4f}, "
+        f"accuracy {rep['accuracy']:.4f}){done}")
+    return out
+
+
+def _inputs(cfg: ProbeConfig, say: Any) -> _Inputs:
+    """The backbone, the data sets (checked), and their features, extracted or cached."""
+    from mai_train.data_check import check, summary_lines
+
     data = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     bb = get_backbone(cfg.backbone)
     spec = probe_spec(bb, cfg.view)
@@ -280,8 +328,6 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
         raise ProbeError("--blocks picks transformer blocks of the `layers` feature: add --feature layers")
     select = parse_blocks(cfg.blocks, nblocks)
     sets = [open_dataset(d) for d in data]
-    from mai_train.data_check import check, summary_lines
-
     quality = check(sets, decode=False)  # unreadable files are also counted as features are extracted
     if quality.problems:
         for line in summary_lines(quality):
@@ -294,25 +340,40 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
                          "each need both classes; add data")
     say(f"{len(tr.labels)} training / {len(va.labels)} validation rows from {', '.join(data)}; "
         f"{bb.name} {cfg.feature}" + (f" blocks {cfg.blocks}" if cfg.blocks else "") + f", view {cfg.view}")
-    from mai_train import metrics
+    return _Inputs(data, bb, spec, nblocks, select, sets, quality, tr, va, t0)
 
-    l2, tried, mlp = _choose_l2(cfg, tr, va, nblocks, select, say) if cfg.head == "linear" else (None, [], None)
-    if cfg.head == "mlp":
-        mlp = MlpConfig(hidden=cfg.hidden)
-        say(f"  MLP head: {mlp.hidden} hidden units, dropout {mlp.dropout}, weight decay {mlp.weight_decay}, "
-            f"{mlp.epochs} epochs (torch, CPU, seed {mlp.seed})")
 
-    def fit(pool: Pool) -> Head:
-        if mlp is not None:
-            return fit_mlp(pool.x, pool.labels, mlp, blocks=nblocks, select=select, weight=pool.weight)
-        return fit_logistic(pool.x, pool.labels, l2, blocks=nblocks, select=select, weight=pool.weight)
+def _mlp(cfg: ProbeConfig, say: Any) -> MlpConfig:
+    mlp = MlpConfig(hidden=cfg.hidden)
+    say(f"  MLP head: {mlp.hidden} hidden units, dropout {mlp.dropout}, weight decay {mlp.weight_decay}, "
+        f"{mlp.epochs} epochs (torch, CPU, seed {mlp.seed})")
+    return mlp
 
-    head = fit(tr)
+
+def _choose_l2(cfg: ProbeConfig, inp: _Inputs, say: Any) -> tuple[float, list[dict[str, float]], None]:
+    """The linear head's regularisation: the strongest l2 within 0.002 of the best
+    validation ROC-AUC (simpler heads travel better). Returns it, every strength
+    tried, and no MLP settings."""
+    tried = []
+    for l2 in cfg.l2:
+        auc = metrics.roc_auc(inp.fit(inp.tr, l2).prob(inp.va.x), inp.va.labels) or 0.0
+        tried.append({"l2": l2, "val_roc_auc": auc})
+        say(f"  l2 {l2:g}: val ROC-AUC {auc:.4f}")
+    best_auc = max(t["val_roc_auc"] for t in tried)
+    return max(t["l2"] for t in tried if t["val_roc_auc"] >= best_auc - 0.002), tried, None
+
+
+def _fit_and_calibrate(cfg: ProbeConfig, inp: _Inputs, l2: float | None, mlp: MlpConfig | None,
+                       say: Any) -> tuple[Head, dict[str, Any]]:
+    """The head on all training rows, and its threshold and band (`calibrate`) on
+    validation, or on unseen generators (each left out of training in turn)."""
+    va = inp.va
+    head = inp.fit(inp.tr, l2, mlp)
     val_probs = head.prob(va.x)
     unseen = None
     if cfg.calibrate == "unseen":
         say("calibrating on unseen generators (each left out of training in turn):")
-        val_probs, unseen = unseen_generators(tr, va, fit, val_probs, say)
+        val_probs, unseen = unseen_generators(inp.tr, va, lambda pool: inp.fit(pool, l2, mlp), val_probs, say)
     cal = calibrate(va.scored(val_probs), cfg.target_fpr, cfg.band_precision)
     if len(cfg.val_perturb):
         cal["calibration"]["on"] = (f"{len(va.labels)} validation rows (each file as it is and processed by "
@@ -321,60 +382,43 @@ def train_probe(cfg: ProbeConfig, log: Any = None) -> Path:
         cal["calibration"]["on"] += (", each generator's fakes scored by a head trained without it "
                                      f"(mean leave-one-generator-out ROC-AUC {unseen['mean_roc_auc']:.4f})")
         cal["metrics"]["leave_one_generator_out"] = unseen
-    train_rep = metrics.summarise(head.prob(tr.x), tr.labels, cal["threshold"])
+    return head, cal
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
 
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(head.arrays(), str(tmp), metadata={"format": "np"})
-    os.replace(tmp, out / WEIGHTS_NAME)
-    digest = sha256_file(out / WEIGHTS_NAME)
-    name = cfg.name or out.name
-    args: dict[str, Any] = {"feature": cfg.feature, "dim": bb.dim(cfg.feature)}
+def _meta(cfg: ProbeConfig, inp: _Inputs, cal: dict[str, Any], train: dict[str, Any], digest: str,
+          mlp: MlpConfig | None) -> dict[str, Any]:
+    """The artifact's mai.json."""
+    name = cfg.name or Path(cfg.out).name
+    args: dict[str, Any] = {"feature": cfg.feature, "dim": inp.bb.dim(cfg.feature)}
     if mlp is not None:  # a linear head's card stays as before
         args.update(head="mlp", hidden=mlp.hidden)
     if cfg.feature == "layers":
-        args["blocks"] = [i + 1 for i in select]
-    meta = {
+        args["blocks"] = [i + 1 for i in inp.select]
+    tr, va = inp.tr, inp.va
+    return {
         "schema": SCHEMA, "model_id": f"{name}@{digest[:8]}", "weights_sha256": digest, "name": name,
         "architecture": {"name": "probe", "args": args},
-        "backbone": bb.to_dict(),
-        "preprocess": spec.to_dict(),
+        "backbone": inp.bb.to_dict(),
+        "preprocess": inp.spec.to_dict(),
         **cal,
         "data": {"sources": [{"path": str(d), "fingerprint": ds.fingerprint(), "split_rule": ds.split_rule,
-                              "counts": ds.counts()} for d, ds in zip(data, sets, strict=True)],
+                              "counts": ds.counts()} for d, ds in zip(inp.data, inp.sets, strict=True)],
                  "exclude_source": list(cfg.exclude_source), "cap": list(cfg.cap), "val_cap": list(cfg.val_cap),
                  "weight": list(cfg.weight),
                  "rows": {"train": len(tr.labels), "val": len(va.labels)},
                  "augment": cfg.augment, "val_perturb": list(cfg.val_perturb),
                  "unreadable_train": len(tr.unreadable), "unreadable_val": len(va.unreadable),
-                 "check": {k: len(v) if isinstance(v, list) else v for k, v in quality.to_dict().items()}},
+                 "check": {k: len(v) if isinstance(v, list) else v for k, v in inp.quality.to_dict().items()}},
         "train": {
             "command": " ".join(["mai", *sys.argv[1:]]) if sys.argv and "mai" in Path(sys.argv[0]).name else None,
-            "config": {**asdict(cfg), "data": data, "l2": list(cfg.l2), "exclude_source": list(cfg.exclude_source),
+            "config": {**asdict(cfg), "data": inp.data, "l2": list(cfg.l2), "exclude_source": list(cfg.exclude_source),
                        "cap": list(cfg.cap), "val_cap": list(cfg.val_cap),
-                 "weight": list(cfg.weight), "val_perturb": list(cfg.val_perturb)},
-            "l2_chosen": l2, "l2_tried": tried,
-            "selected_by": "val ROC-AUC (the strongest l2 within 0.002 of the best)" if mlp is None else
-                           "fixed MLP settings (chosen by leave-one-generator-out ROC-AUC: benchmarks/head_study.py)",
-            **({"mlp": asdict(mlp)} if mlp is not None else {}),
-            "train_metrics": train_rep, "wall_s": round(time.monotonic() - t0, 1),
+                       "weight": list(cfg.weight), "val_perturb": list(cfg.val_perturb)},
+            **train,
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         },
         "versions": versions(),
     }
-    (out / "mai.json.tmp").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(out / "mai.json.tmp", out / "mai.json")
-    art = load_artifact(out)
-    worst = export_probe(art, va.x[:256])
-    rep = cal["metrics"]["val"]
-    fitted = f"l2 {l2:g}" if l2 is not None else f"MLP {cfg.hidden}"
-    say(f"saved {art.model_id} to {out} ({fitted}, threshold {art.threshold:.4f}, band "
-        f"[{art.uncertain[0]:.4f}, {art.uncertain[1]:.4f}], val ROC-AUC {rep['roc_auc']:.4f}, "
-        f"accuracy {rep['accuracy']:.4f}); model.fp32.onnx: head parity max |dp| {worst:.1e}")
-    return out
 
 
 def load_head(art: Artifact) -> Head:
@@ -383,29 +427,3 @@ def load_head(art: Artifact) -> Head:
     if sha256_file(art.weights) != art.meta.get("weights_sha256"):
         raise ProbeError(f"{art.weights} does not match the hash in mai.json: restore it or re-train")
     return Head.from_arrays(load_file(str(art.weights)))
-
-
-def export_probe(art: Artifact, feats: np.ndarray | None = None, out: Path | None = None) -> float:
-    """Write the head as `model.fp32.onnx` and prove it against the numpy head on
-    `feats` (default: random unit vectors); returns the worst |prob difference|."""
-    import onnxruntime as ort
-
-    head = load_head(art)
-    if feats is None:
-        width = head.in_width
-        feats = np.random.default_rng(0).standard_normal((64, width)).astype(np.float32)
-    final = (out or art.path) / "model.fp32.onnx"
-    tmp = final.with_name(f".{final.name}.partial")
-    try:
-        head_onnx(head, onnx_metadata(art, "fp32"), tmp)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(tmp), sess_options=opts, providers=["CPUExecutionProvider"])
-        got = sess.run(["prob"], {"features": np.asarray(feats, np.float32)})[0]
-        worst = float(np.max(np.abs(got - head.prob(feats))))
-        if not worst <= HEAD_TOLERANCE:
-            raise ProbeError(f"{final.name}: head parity failed: max |prob difference| {worst:.2e} > {HEAD_TOLERANCE}")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return worst

@@ -7,16 +7,17 @@ an engine (`scanner.engine`), a decision rule and a `scanner.job.ScanJob`.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from mai.console import run_main
 from mai.errors import MaiError
+from scanner.exits import help_block
 
 
 def _band(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
@@ -89,17 +90,9 @@ and the error records with their reasons. Paths are shown relative to the
 folder above each PATH. `mai report out.jsonl --html report.html` makes the
 same page from records already written.
 
-\b
-Exit status:
-  0    every file was scanned (whatever the verdicts)
-  1    unexpected failure
-  2    usage or input error: bad PATH, bad model (one line; MAI_DEBUG=1 shows
-       the traceback)
-  3    the scan finished, but some files are error records
-  4    a verdict named by --fail-on occurred (wins over 3)
-  130  interrupted (Ctrl-C, SIGTERM): run again with --resume
-  141  stdout was closed early (e.g. piped into head)
 """
+
+HELP += help_block()  # from scanner.exits: the code, the help and the docs agree
 
 
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -163,7 +156,7 @@ Exit status:
                    "one; none, none. Embedded up to 1,000, else in a folder FILE.thumbs/ beside the page. "
                    " [default: auto]")
 @click.option("--vlm", "vlm", metavar="BASE", default=None,
-              help="Send the images the CNN is unsure of to this vision-language model (a local folder; "
+              help="Send the images the model is unsure of to this vision-language model (a local folder; "
                    "the vlm extra); their records get stage 'vlm' and both scores.")
 @click.option("--vlm-adapter", metavar="ADAPTER", default=None,
               help="A LoRA adapter from `mai train vlm` for --vlm (its calibrated threshold decides).")
@@ -172,7 +165,7 @@ Exit status:
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary: only records and errors.")
 @click.version_option(package_name="mai-detect")
 def cli(**kw: Any) -> None:
-    sys.exit(scan(**kw))
+    sys.exit(scan(ScanFlags(**kw)))
 
 
 def _usable_default(log: Any) -> str:
@@ -186,58 +179,94 @@ def _usable_default(log: Any) -> str:
                         "pass --model PATH (a model folder or .onnx file)") from e
 
 
-def scan(paths: tuple[str, ...], jsonl: str | None, view: str, model_path: str | None, device: str,
-         batch_size: int | None, workers: int | None, threads: int | None, threshold: float | None,
-         band: tuple[float, float] | None, no_uncertain: bool, include: tuple[str, ...],
-         exclude: tuple[str, ...], hidden: bool, all_files: bool, recursive: bool, resume: bool,
-         rescan: bool, no_state: bool, max_pixels: int | None, no_draft: bool, examples: bool,
-         fail_on: tuple[str, ...], quiet: bool, engine: str = "local", ray_address: str | None = None,
-         gpus_per_worker: float = 0.0, out_dir: str | None = None, vlm: str | None = None,
-         vlm_adapter: str | None = None, trust_remote_code: bool = False, decoder: str = "auto",
-         html: str | None = None, html_thumbs: str | None = None, precision: str = "auto") -> int:
+@dataclass(frozen=True)
+class ScanFlags:
+    """`mai-scan`'s flags, as Click gives them, in groups."""
+
+    # what to scan
+    paths: tuple[str, ...] = ()
+    examples: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hidden: bool = False
+    all_files: bool = False
+    recursive: bool = True
+    # where records go (scanner.job.Outputs)
+    jsonl: str | None = None
+    view: str = "auto"
+    out_dir: str | None = None
+    resume: bool = False
+    quiet: bool = False
+    html: str | None = None
+    html_thumbs: str | None = None
+    # the model and the decision rule
+    model_path: str | None = None
+    device: str = "auto"
+    precision: str = "auto"  # auto: mai.session.precisions_for decides
+    threads: int | None = None
+    threshold: float | None = None
+    band: tuple[float, float] | None = None
+    no_uncertain: bool = False
+    vlm: str | None = None
+    vlm_adapter: str | None = None
+    trust_remote_code: bool = False
+    # the engine
+    engine: str = "local"
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+    workers: int | None = None
+    batch_size: int | None = None
+    max_pixels: int | None = None
+    no_draft: bool = False
+    decoder: str = "auto"
+    # the scan state and the exit status
+    rescan: bool = False
+    no_state: bool = False
+    fail_on: tuple[str, ...] = ()
+
+    def walk_options(self) -> Any:
+        from scanner.walk import WalkOptions
+
+        return WalkOptions(recursive=self.recursive, hidden=self.hidden, all_files=self.all_files,
+                           include=tuple(self.include), exclude=tuple(self.exclude))
+
+
+def scan(flags: ScanFlags) -> int:
     """Run one scan; returns the exit status. The flags become an engine, a
     decision rule and a `ScanJob`, which does the rest."""
     import dataclasses
 
     from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow
-    from scanner.engine import EngineOptions, open_engine
-    from scanner.job import Outputs, ScanError, ScanJob, scan_roots
+    from scanner.engine import EngineOptions, default_workers, open_engine
+    from scanner.job import JobOptions, Outputs, ScanError, ScanJob, scan_roots
     from scanner.records import Decision
-    from scanner.walk import WalkOptions, walk
+    from scanner.walk import walk
 
-    roots = scan_roots(paths, examples)
-    outputs = Outputs.check(jsonl, view, out_dir, resume, quiet, html=html, html_thumbs=html_thumbs)
-    if engine != "ray" and (ray_address or gpus_per_worker):
+    f = flags
+    roots = scan_roots(f.paths, f.examples)
+    outputs = Outputs.check(f.jsonl, f.view, f.out_dir, f.resume, f.quiet, html=f.html, html_thumbs=f.html_thumbs)
+    if f.engine != "ray" and (f.ray_address or f.gpus_per_worker):
         raise ScanError("--ray-address and --gpus-per-worker need --engine ray")
     # The default, or its fallback where the default's backbone is missing.
-    path = model_path if model_path is not None else _usable_default(outputs.note)
-    eng = open_engine(engine, path, device, threads, outputs.note, address=ray_address, workers=workers,
-                      gpus_per_worker=gpus_per_worker, precision=None if precision == "auto" else precision)
+    path = f.model_path if f.model_path is not None else _usable_default(outputs.note)
+    eng = open_engine(f.engine, path, f.device, f.threads, outputs.note,
+                      precision=None if f.precision == "auto" else f.precision,
+                      address=f.ray_address, workers=f.workers, gpus_per_worker=f.gpus_per_worker)
     model = eng.open_model()
-    decision = Decision.make(model.threshold, model.uncertain, threshold, band, not no_uncertain)
-    gpu, cpu_why = _choose_decoder(model, decoder, engine)
-    opinion = _open_vlm(vlm, vlm_adapter, trust_remote_code, device, engine, outputs.note)
+    decision = Decision.make(model.threshold, model.uncertain, f.threshold, f.band, not f.no_uncertain)
+    gpu, cpu_why = _choose_decoder(model, f.decoder, f.engine)
+    opinion = _open_vlm(f.vlm, f.vlm_adapter, f.trust_remote_code, f.device, f.engine, outputs.note)
     if opinion is not None:
         decision = dataclasses.replace(decision, second_threshold=opinion.threshold)
-
-    def lines() -> list[str]:
-        return ([opinion.summary_line()] if opinion is not None else []) + (gpu.stats.lines() if gpu else [])
-
-    state_key = None if no_state else (f"{model.model_id}|{model.precision}"
-                                       + (f"|vlm={opinion.model_id}" if opinion is not None else ""))
-    job = ScanJob(model, decision, outputs, state_key=state_key, rescan=rescan, fail_on=fail_on, lines=lines,
-                  roots=roots, max_pixels=max_pixels)
-    if workers is None:
-        # A few named files decode faster here than a pool starts.
-        few_files = len(roots) <= 4 and all(os.path.isfile(r) for r in roots)
-        workers = 0 if few_files else os.cpu_count() or 1
-    opts = EngineOptions(workers=workers, batch_size=batch_size or (256 if gpu is not None else 32),
-                         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft=not no_draft, gpu=gpu)
-    outputs.note(_decode_line(gpu, cpu_why, workers, opts.readers, engine))
+    job = ScanJob(model, decision, outputs, JobOptions(
+        use_state=not f.no_state, rescan=f.rescan, fail_on=f.fail_on, roots=roots, max_pixels=f.max_pixels,
+        second_opinion=opinion, gpu=gpu))
+    workers = f.workers if f.workers is not None else default_workers(roots)
+    opts = EngineOptions(workers=workers, batch_size=f.batch_size or (256 if gpu is not None else 32),
+                         max_pixels=f.max_pixels or DEFAULT_MAX_PIXELS, draft=not f.no_draft, gpu=gpu)
+    outputs.note(_decode_line(gpu, cpu_why, workers, opts.readers, f.engine))
     configure_pillow()
-    walk_opts = WalkOptions(recursive=recursive, hidden=hidden, all_files=all_files,
-                            include=tuple(include), exclude=tuple(exclude))
-    return job.run(eng, walk(roots, walk_opts), opts, second_opinion=opinion)
+    return job.run(eng, walk(roots, f.walk_options()), opts, second_opinion=opinion)
 
 
 def _choose_decoder(model: Any, decoder: str, engine: str) -> tuple[Any, str | None]:
@@ -274,7 +303,7 @@ def _open_vlm(vlm: str | None, adapter: str | None, trust_remote_code: bool, dev
         return None
     if engine != "local":
         raise ScanError("--vlm runs with --engine local only")
-    from mai.vlm.scan import VLMOpinion
+    from scanner.vlm import VLMOpinion
 
     opinion = VLMOpinion.load(vlm, adapter, trust_remote_code=trust_remote_code, device=device)
     log(f"vlm: {opinion.describe()}, threshold {opinion.threshold:.4f} (loaded in {opinion.load_seconds:.1f} s)")

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from scanner.decode import DECODE_MEMORY_BYTES, DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, Decoded, decode_chunk
-from scanner.records import Decision, error_record, make_record
+from scanner.records import MODEL_STAGE, Decision, error_record, make_record
 from scanner.walk import Entry, WalkError
 
 #: emit(record, entry): entry is None for a walk problem (no file to key it by).
@@ -54,10 +54,10 @@ class Engine(Protocol):
 
 
 def open_engine(name: str, model_path: str, device: str, threads: int | None, log: Callable[[str], None], *,
-                address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
-                precision: str | None = None) -> Engine:
+                precision: str | None = None, **ray: Any) -> Engine:
     """The engine `--engine NAME` means; Ray is imported only for `ray`. `precision`
-    (local only) overrides `mai.session.precisions_for`."""
+    (local only) overrides `mai.session.precisions_for`; `ray` holds the Ray engine's
+    own settings (address, workers, gpus_per_worker), which the local engine ignores."""
     if name == "ray":
         if precision is not None:
             from mai.errors import MaiError
@@ -65,8 +65,7 @@ def open_engine(name: str, model_path: str, device: str, threads: int | None, lo
             raise MaiError("--precision works with --engine local; Ray workers follow each machine's rule")
         from scanner.engine_ray import RayEngine
 
-        return RayEngine(model_path, device, threads, address=address, workers=workers,
-                         gpus_per_worker=gpus_per_worker, log=log)
+        return RayEngine(model_path, device, threads, log=log, **ray)
     from scanner.engine_local import LocalEngine
 
     return LocalEngine(model_path, device, threads, log, precision)
@@ -74,7 +73,7 @@ def open_engine(name: str, model_path: str, device: str, threads: int | None, lo
 
 @runtime_checkable
 class SecondOpinion(Protocol):
-    """A second stage for files in the CNN's uncertainty band (a VLM, later).
+    """A second stage for files in the model's uncertainty band (a VLM).
 
     `score` gets the model-input-size uint8 HWC arrays of one batch's uncertain
     files and their paths, and returns P(synthetic) for each, in order. A score
@@ -110,12 +109,12 @@ def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
     None stands for a file the GPU path's `infer` handed back to the CPU decoder
     (`Decoded.cpu` set); with the default `infer_host` every file gets a record."""
     decoded = list(decoded)
-    cnn = infer(decoded, model, second_opinion is not None)
-    ok = sorted(cnn)
+    model_scores = infer(decoded, model, second_opinion is not None)
+    ok = sorted(model_scores)
     vlm: dict[int, float] = {}
     if second_opinion is not None:
-        # Only what the CNN cannot decide, and metadata has not decided, goes on.
-        todo = [i for i in ok if decision.cnn_verdict(cnn[i]) == "uncertain"
+        # Only what the model cannot decide, and metadata has not decided, goes on.
+        todo = [i for i in ok if decision.model_verdict(model_scores[i]) == "uncertain"
                 and not any(s.get("ai") is True for s in decoded[i].facts.get("provenance") or [])]
         if todo:
             got = second_opinion.score([decoded[i].array for i in todo], [decoded[i].path for i in todo])
@@ -128,8 +127,8 @@ def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
             out.append(None)  # the GPU refused it: the caller decodes it on the CPU
         elif d.error is not None:
             out.append(error_record(d.path, d.error[0], d.error[1], model=model.model_id, facts=d.facts))
-        elif i in cnn:
-            facts = {**d.facts, "scores": {"cnn": cnn[i], "vlm": vlm.get(i)}}
+        elif i in model_scores:
+            facts = {**d.facts, "scores": {MODEL_STAGE: model_scores[i], "vlm": vlm.get(i)}}
             out.append(make_record(d.path, model=model.model_id, facts=facts, decision=decision))
         else:  # pragma: no cover - an infer hook that dropped a file is a bug, not a file's fault
             raise RuntimeError(f"no score and no error for {d.path!r}")
@@ -152,6 +151,13 @@ def score_batch(paths: Sequence[str], model: Any, decision: Decision | None = No
     decoded = decode_fn(list(paths), model.spec, max_pixels, draft)
     return [r for r in describe(decoded, model, decision or default_decision(model), second_opinion)
             if r is not None]
+
+
+def default_workers(roots: Sequence[str]) -> int:
+    """Decode processes when --workers is not given: one per CPU, but none for a
+    few named files, which decode faster in the scan's own process than a pool starts."""
+    few_files = len(roots) <= 4 and all(os.path.isfile(r) for r in roots)
+    return 0 if few_files else os.cpu_count() or 1
 
 
 @dataclass

@@ -367,6 +367,31 @@ class RayEngine:
                               model=model.model_id, facts={"bytes": e.size}), e)
         pending.clear()
 
+    def _dataset(self, pending: dict[int, Entry], decision: Decision, opts: EngineOptions, n: int,
+                 isolate: bool) -> Any:
+        """The Ray Dataset of one execution: the pending files, one batch per block (a
+        failure costs one batch), scored by `n` RayScorer actors (one file at a time
+        each when isolating)."""
+        import ray.data
+
+        batch_size = 1 if isolate else opts.batch_size
+        pool: dict[str, Any] = ({"compute": ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1)}
+                                if isolate else {"concurrency": n})
+        items = [{"i": i, "path": os.fsencode(e.path)} for i, e in pending.items()]
+        blocks = max(1, -(-len(items) // batch_size))
+        try:
+            ds = ray.data.from_items(items, override_num_blocks=blocks)
+        except TypeError:  # Ray before 2.10 called it parallelism
+            ds = ray.data.from_items(items, parallelism=blocks)
+        return ds.map_batches(
+            RayScorer, batch_size=batch_size, batch_format="numpy", **pool,
+            num_cpus=self.threads, num_gpus=self.gpus or None,
+            fn_constructor_kwargs={
+                "model_file": self.model_file, "device": self.worker_device, "threads": self.threads,
+                "decision": decision, "max_pixels": opts.max_pixels, "draft": opts.draft,
+                "decode_fn": opts.decode_fn, "cwd": os.getcwd()},
+            max_restarts=-1, max_task_retries=self.isolated_retries if isolate else self.task_retries)
+
     def _execute(self, pending: dict[int, Entry], decision: Decision, emit: Emit, opts: EngineOptions,
                  between: Callable[[], None], tick: Callable[[], None] | None, isolate: bool = False) -> None:
         """One Ray Data execution over the `pending` files; each record that
@@ -384,9 +409,6 @@ class RayEngine:
         saved_level = data_log.level
         it: Any = None
         n = min(self._n, len(pending))
-        batch_size = 1 if isolate else opts.batch_size
-        pool: dict[str, Any] = ({"compute": ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1)}
-                                if isolate else {"concurrency": n})
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Ray's deprecation notices (ray_remote_args) are not the user's
@@ -394,20 +416,7 @@ class RayEngine:
                 ctx.print_on_execution_start = False
                 ctx.max_errored_blocks = -1  # a batch that keeps failing is skipped, then retried file by file
                 data_log.setLevel(logging.CRITICAL)
-                items = [{"i": i, "path": os.fsencode(e.path)} for i, e in pending.items()]
-                blocks = max(1, -(-len(items) // batch_size))  # one batch per block: a failure costs one batch
-                try:
-                    ds = ray.data.from_items(items, override_num_blocks=blocks)
-                except TypeError:  # Ray before 2.10 called it parallelism
-                    ds = ray.data.from_items(items, parallelism=blocks)
-                ds = ds.map_batches(
-                    RayScorer, batch_size=batch_size, batch_format="numpy", **pool,
-                    num_cpus=self.threads, num_gpus=self.gpus or None,
-                    fn_constructor_kwargs={
-                        "model_file": self.model_file, "device": self.worker_device, "threads": self.threads,
-                        "decision": decision, "max_pixels": opts.max_pixels, "draft": opts.draft,
-                        "decode_fn": opts.decode_fn, "cwd": os.getcwd()},
-                    max_restarts=-1, max_task_retries=self.isolated_retries if isolate else self.task_retries)
+                ds = self._dataset(pending, decision, opts, n, isolate)
                 it = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
                 self.workers_used = max(self.workers_used, n)
                 for batch in it:

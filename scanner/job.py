@@ -14,18 +14,25 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mai.errors import MaiError
 from scanner.engine import Engine, EngineOptions
+from scanner.exits import EXIT_ERRORS, EXIT_FAIL_ON, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE
+from scanner.progress import Progress
 from scanner.records import Decision, display_path, make_record
-from scanner.sinks import JsonlWriter, PlainView, Progress, Summary, TableView, print_lines, resume_jsonl
+from scanner.resume import resume_jsonl
+from scanner.sinks import JsonlWriter, PlainView, TableView
 from scanner.state import ScanState, facts_of
+from scanner.summary import Summary, print_lines
 from scanner.walk import Entry, WalkError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_ERRORS, EXIT_FAIL_ON, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 4, 130, 141
+
+def state_key(model: Any, second_opinion: Any = None) -> str:
+    """What names a model in the scan state: its id, its precision, and the second opinion's id."""
+    return f"{model.model_id}|{model.precision}" + (f"|vlm={second_opinion.model_id}" if second_opinion else "")
 
 
 class ScanError(MaiError):
@@ -110,31 +117,48 @@ class Outputs:
             print_lines([(text, "dim")])
 
 
+@dataclass(frozen=True)
+class JobOptions:
+    """The flags that are the job's: the scan state, failing verdicts, and what the
+    HTML report and the summary need to know."""
+
+    use_state: bool = True  # read and update the scan state (--no-state: False)
+    rescan: bool = False  # score unchanged files again (and update the state)
+    fail_on: Sequence[str] = ()  # verdicts that make the exit status 4
+    roots: Sequence[str] = ()  # the scanned PATHs: the HTML report shows paths below them
+    max_pixels: int | None = None  # the HTML report's thumbnails keep the scan's pixel limit
+    second_opinion: Any = None  # a VLM: its id joins the state key, its line the summary
+    gpu: Any = None  # the GPU path (scanner.gpu.GpuStage): its lines join the summary
+
+
 class ScanJob:
     """The scan of one model's records into `outputs`.
 
-    `state_key` names the model (and second opinion) in the scan state; None
-    runs without it. `lines()` gives extra summary lines (the VLM, the GPU path).
+    The scan state is keyed by the model, its precision and the second opinion
+    (`state_key`): a record rebuilt from the state is one those would give again.
     """
 
-    def __init__(self, model: Any, decision: Decision, outputs: Outputs, *, state_key: str | None,
-                 rescan: bool = False, fail_on: Sequence[str] = (),
-                 lines: Callable[[], list[str]] = list, roots: Sequence[str] = (),
-                 max_pixels: int | None = None) -> None:
-        self.model, self.decision, self.outputs = model, decision, outputs
-        self.rescan, self.fail_on, self.extra_lines = rescan, tuple(fail_on), lines
-        self.roots, self.max_pixels = tuple(roots), max_pixels  # for the HTML report: paths shown, thumbnails
+    def __init__(self, model: Any, decision: Decision, outputs: Outputs, options: JobOptions | None = None) -> None:
+        opts = options or JobOptions()
+        self.model, self.decision, self.outputs, self.options = model, decision, outputs, opts
+        self.rescan, self.fail_on = opts.rescan, tuple(opts.fail_on)
+        self.roots, self.max_pixels = tuple(opts.roots), opts.max_pixels  # for the HTML report
         self.report: Any = None  # a scanner.report.ReportWriter with --html
         self.summary = Summary()
-        self.done: Any = None  # with --resume: the paths already in the output (a sinks.PathSet)
+        self.done: Any = None  # with --resume: the paths already in the output (a resume.PathSet)
         self.state: Any = None
         self.sinks: list[Any] = []
         self.writer: JsonlWriter | None = None
         self.shards: Any = None
         if outputs.resume:
             self._resume()
-        if state_key is not None:
-            self._open_state(state_key)
+        if opts.use_state:
+            self._open_state(state_key(model, opts.second_opinion))
+
+    def extra_lines(self) -> list[str]:
+        """Summary lines beyond the counts: the second opinion's, the GPU path's."""
+        opinion, gpu = self.options.second_opinion, self.options.gpu
+        return ([opinion.summary_line()] if opinion is not None else []) + (gpu.stats.lines() if gpu else [])
 
     # ------------------------------------------------------------------ what is done
 

@@ -19,7 +19,7 @@ line-splitting tool can cut a record). Fields, always all present, in this order
                architecture: the CLIP probe by default; also for
                ``uncertain``), ``vlm`` (the second opinion); null for errors.
 ``scores``     every stage's score: ``{"cnn": float|null, "vlm": float|null}``.
-               The CNN always runs, so ``cnn`` is set even when metadata decided.
+               The image model always runs, so ``cnn`` is set even when metadata decided.
 ``provenance`` the signals found in the file's metadata, a list of
                ``{"signal", "where", "generator", "ai"}`` (see
                ``mai.provenance``); ``[]`` when none. A missing signal never
@@ -61,10 +61,33 @@ from mai.errors import MaiError
 
 SCHEMA = "mai.scan/1"
 VERDICTS = ("synthetic", "authentic", "uncertain", "error")
-STAGES = ("metadata", "cnn", "vlm")
+#: The image model's stage, and its key in `scores`. The model is any detector (a CLIP
+#: probe by default), so code and docs call this the *model* stage; the JSON name
+#: stays "cnn" because records of schema mai.scan/1 carry it.
+MODEL_STAGE = "cnn"
+STAGES = ("metadata", MODEL_STAGE, "vlm")
 ERROR_KINDS = ("decode", "io", "too_large", "unsupported", "vanished")
 FIELDS = ("schema", "path", "verdict", "score", "stage", "scores", "provenance", "model",
           "width", "height", "format", "bytes", "error")
+#: One line per field, in record order: the docs' record table is generated from
+#: this (`docs/gen_docs.py`); the docstring above is the full definition.
+FIELD_MEANINGS: dict[str, str] = {
+    "schema": "`mai.scan/1`; a change to any field's meaning bumps it",
+    "path": "the file as walked (PATH joined with the names below it); bytes that are not UTF-8 appear as `\\xNN`",
+    "verdict": "`synthetic`, `authentic`, `uncertain` or `error`",
+    "score": "P(synthetic) from the deciding stage (a positive metadata signal counts as 1.0); null for errors",
+    "stage": "`metadata`, `cnn` (the image model, whatever its architecture: the CLIP probe by default; the "
+             "name is kept for `mai.scan/1`) or `vlm`; null for errors",
+    "scores": "every stage's score, `{\"cnn\": ..., \"vlm\": ...}`; the image model always runs",
+    "provenance": "signals found in the metadata: `signal`, `where`, `generator`, `ai` (and `url` for a remote "
+                  "C2PA manifest, `c2pa:remote`)",
+    "model": "the model id, `name@` + the first 8 hex digits of its weights' SHA-256",
+    "width": "pixels after EXIF orientation",
+    "height": "pixels after EXIF orientation",
+    "format": "what the content is (`JPEG`, `PNG`, ...), not the extension",
+    "bytes": "file size",
+    "error": "null, or `{\"kind\": \"" + "|".join(ERROR_KINDS) + "\", \"message\": ...}`",
+}
 FACT_KEYS = ("width", "height", "format", "bytes")
 METADATA_SCORE = 1.0
 
@@ -101,7 +124,8 @@ class Decision:
             b = None  # a degenerate band [t, t] means "no band"
         return cls(float(t), b)
 
-    def cnn_verdict(self, p: float) -> str:
+    def model_verdict(self, p: float) -> str:
+        """The verdict of the image model's score alone (threshold and band)."""
         if self.band is not None and self.band[0] < p < self.band[1]:
             return "uncertain"
         return "synthetic" if p >= self.threshold else "authentic"
@@ -131,11 +155,11 @@ def _is_ai(provenance: list[dict[str, Any]]) -> bool:
 
 
 def make_record(path: str, *, model: str, facts: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    """A scored file's record. `facts` holds `scores` ({"cnn", "vlm"}), `provenance`
+    """A scored file's record. `facts` holds `scores` ({MODEL_STAGE, "vlm"}), `provenance`
     and the FACT_KEYS; it is also what the scan state stores, so a re-emitted
     record is rebuilt under the current decision (threshold, band)."""
     scores = facts.get("scores") or {}
-    cnn, vlm = _round(scores.get("cnn")), _round(scores.get("vlm"))
+    model_score, vlm = _round(scores.get(MODEL_STAGE)), _round(scores.get("vlm"))
     provenance = list(facts.get("provenance") or [])
     if _is_ai(provenance):
         verdict, stage, score = "synthetic", "metadata", METADATA_SCORE
@@ -143,12 +167,12 @@ def make_record(path: str, *, model: str, facts: dict[str, Any], decision: Decis
         verdict = "synthetic" if vlm >= decision.second_threshold else "authentic"
         stage, score = "vlm", vlm
     else:
-        if cnn is None:
-            raise ValueError("a scored record needs scores['cnn']")
-        verdict, stage, score = decision.cnn_verdict(cnn), "cnn", cnn
+        if model_score is None:
+            raise ValueError(f"a scored record needs scores[{MODEL_STAGE!r}]")
+        verdict, stage, score = decision.model_verdict(model_score), MODEL_STAGE, model_score
     return {
         "schema": SCHEMA, "path": display_path(path), "verdict": verdict, "score": score, "stage": stage,
-        "scores": {"cnn": cnn, "vlm": vlm}, "provenance": provenance, "model": model,
+        "scores": {MODEL_STAGE: model_score, "vlm": vlm}, "provenance": provenance, "model": model,
         **{k: facts.get(k) for k in FACT_KEYS}, "error": None,
     }
 
@@ -161,7 +185,7 @@ def error_record(path: str, kind: str, message: str, *, model: str | None,
     facts = facts or {}
     return {
         "schema": SCHEMA, "path": display_path(path), "verdict": "error", "score": None, "stage": None,
-        "scores": {"cnn": None, "vlm": None}, "provenance": list(facts.get("provenance") or []), "model": model,
+        "scores": {MODEL_STAGE: None, "vlm": None}, "provenance": list(facts.get("provenance") or []), "model": model,
         **{k: facts.get(k) for k in FACT_KEYS}, "error": {"kind": kind, "message": message},
     }
 

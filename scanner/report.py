@@ -60,7 +60,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mai.errors import MaiError
-from scanner.records import display_path
+from scanner.records import MODEL_STAGE, display_path
 
 THUMBS = ("auto", "all", "none")
 PLACEMENTS = ("auto", "embed", "folder")
@@ -241,8 +241,8 @@ def page_record(record: dict[str, Any], labels: PathLabels) -> dict[str, Any]:
     r["score"] = _num(record.get("score"))
     r["stage"] = _str(record.get("stage"))
     scores = record.get("scores") if isinstance(record.get("scores"), dict) else {}
-    r["scores"] = {"cnn": _num(scores.get("cnn")), "vlm": _num(scores.get("vlm")),
-                   **{str(k): v for k, v in scores.items() if k not in ("cnn", "vlm")}}
+    r["scores"] = {MODEL_STAGE: _num(scores.get(MODEL_STAGE)), "vlm": _num(scores.get("vlm")),
+                   **{str(k): v for k, v in scores.items() if k not in (MODEL_STAGE, "vlm")}}
     prov = record.get("provenance")
     r["provenance"] = [s for s in prov if isinstance(s, dict)] if isinstance(prov, list) else []
     for k in ("width", "height", "bytes"):
@@ -395,7 +395,7 @@ class ReportWriter:
         self._slots.release()
 
     def close(self, summary: Any = None, interrupted: bool = False) -> str:
-        """Assemble the page (`summary`: a sinks.Summary, for the scan's speed);
+        """Assemble the page (`summary`: a scanner.summary.Summary, for the scan's speed);
         returns the report's path. Interrupted: thumbnails still queued are dropped."""
         if self._closed:
             return self.target

@@ -35,7 +35,9 @@ from typing import Any
 
 from mai.errors import MaiError
 from scanner.records import SCHEMA
-from scanner.sinks import JsonlWriter, PathSet, Resumed, Summary, resume_jsonl
+from scanner.resume import PathSet, Resumed, resume_jsonl
+from scanner.sinks import JsonlWriter
+from scanner.summary import Summary
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "mai.scan.shards/1"
@@ -92,7 +94,7 @@ def _write_manifest(folder: str, data: dict[str, Any]) -> None:
 
 def resume_shards(folder: str, summary: Summary | None = None) -> Resumed:
     """`--resume` for `--out-dir`: every shard is cut after its last complete
-    record (see `sinks.resume_jsonl`) and marked complete in the manifest;
+    record (see `resume.resume_jsonl`) and marked complete in the manifest;
     returns the paths already written, as `resume_jsonl` does for one file."""
     names = shard_files(folder)
     hashes: list[Any] = []

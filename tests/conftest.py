@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from support.models import make_artifact, tiny_onnx_model
 
-
-def synthetic_image(label: int, seed: int, size: int = 32) -> Image.Image:
-    """A 'real' image is smooth noise; a 'fake' one carries a periodic grid, the
-    kind of upsampling trace detectors learn. Easy to separate on purpose."""
-    rng = np.random.default_rng(seed)
-    base = rng.normal(128, 40, (size // 4, size // 4, 3))
-    a = np.asarray(Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR),
-                   dtype=np.float64)
-    if label == 1:
-        yy, xx = np.mgrid[0:size, 0:size]
-        a = a + 40.0 * (((yy // 2) + (xx // 2)) % 2)[..., None]
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-
-
-def encode(im: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt)
-    return buf.getvalue()
-
-
-def make_folder(root: Path, n: int = 12, real: str = "real", fake: str = "fake", fmt: str = "PNG",
-                prefix: str = "") -> Path:
-    for label, name in ((0, real), (1, fake)):
-        d = root / prefix / name if prefix else root / name
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            ext = "png" if fmt == "PNG" else "jpg"
-            (d / f"{name}_{i:03d}.{ext}").write_bytes(encode(synthetic_image(label, i * 2 + label), fmt))
-    return root
+#: The stand-in CLIP backbone's fixtures (tiny_site, tiny, probe_dir), for the probe and graph tests.
+pytest_plugins = ["support.clip"]
 
 
 @pytest.fixture(autouse=True)
@@ -46,72 +17,14 @@ def _mai_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("MAI_HOME", str(tmp_path_factory.mktemp("mai_home")))
 
 
-def make_artifact(out: Path, seed: int = 0, threshold: float = 0.5, band: tuple[float, float] = (0.4, 0.6),
-                  spec_dict: dict | None = None, name: str = "test-cnn") -> Path:
-    """A freshly initialised MAI CNN saved as an artifact (needs torch)."""
-    import torch
-
-    from mai.preprocess import CIFAKE_SPEC
-    from mai_train.checkpoint import save_artifact
-    from mai_train.registry import create_model
-
-    torch.manual_seed(seed)
-    model = create_model("mai_cnn")
-    meta = {
-        "name": name, "architecture": {"name": "mai_cnn", "args": {}},
-        "preprocess": spec_dict or CIFAKE_SPEC.to_dict(), "threshold": threshold, "uncertain": list(band),
-        "calibration": {"threshold_rule": "fixed for tests"}, "metrics": {}, "data": {}, "train": {},
-    }
-    save_artifact(out, model, meta, name)
-    return out
-
-
 @pytest.fixture(scope="session")
 def exported_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random MAI CNN artifact with its fp32 ONNX export beside it (needs torch)."""
     pytest.importorskip("torch", reason="exporting needs the train extra")
-    from mai_train.export import export_onnx
+    from export.onnx import export_onnx
 
     out = make_artifact(tmp_path_factory.mktemp("model") / "test-cnn")
     export_onnx(out, ("fp32",))
-    return out
-
-
-def tiny_onnx_model(out: Path, name: str = "test-cnn") -> Path:
-    """A MAI ONNX model built with onnx.helper, no torch: the graph contract (uint8
-    NHWC `image` at the CIFAKE spec's 200x200 in, `logit` and `prob` out) and the
-    metadata the scanner reads. Its score follows the image's mean brightness, so
-    scores vary from file to file; scan tests need a model, not a detector."""
-    import json
-
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from mai.artifact import ONNX_SCHEMA
-    from mai.preprocess import CIFAKE_SPEC
-
-    w, h = CIFAKE_SPEC.input_size
-    inits = [numpy_helper.from_array(np.asarray([1, 2, 3], np.int64), "axes"),
-             numpy_helper.from_array(np.asarray(8.0 / 255.0, np.float32), "scale"),
-             numpy_helper.from_array(np.asarray(4.0, np.float32), "shift")]
-    nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["x", "axes"], ["mean"], keepdims=0),
-             helper.make_node("Mul", ["mean", "scale"], ["scaled"]),
-             helper.make_node("Sub", ["scaled", "shift"], ["logit"]),
-             helper.make_node("Sigmoid", ["logit"], ["prob"])]
-    graph = helper.make_graph(nodes, "tiny",
-                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", h, w, 3])],
-                              [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"]),
-                               helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    meta = {"mai.schema": ONNX_SCHEMA, "mai.model_id": f"{name}@00000000", "mai.preprocess": CIFAKE_SPEC.to_json(),
-            "mai.threshold": "0.5", "mai.uncertain": json.dumps([0.4, 0.6]), "mai.precision": "fp32"}
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    out.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out / "model.fp32.onnx"))
     return out
 
 

@@ -1,5 +1,5 @@
 """Scoring labelled data with a VLM (validation while training an adapter, and
-`mai eval` of an adapter, which `mai_train.evaluate_cli.run_eval` reports like
+`mai eval` of an adapter, which `mai_train.eval_report.run_eval` reports like
 any other model's)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from mai_train.data import DataSet, Item
 from mai_train.evaluate import Scored, batch_items
 
 
-def score_items(p_yes: Callable[[list[Any]], list[float]], ds: DataSet, items: Sequence[Item],
+def score_vlm_items(p_yes: Callable[[list[Any]], list[float]], ds: DataSet, items: Sequence[Item],
                 batch_size: int = 8, progress: Callable[[int], None] | None = None,
                 perturb: Callable[[Any], Any] | None = None) -> Scored:
     """P(Yes) for every readable item through `p_yes(images)` (PIL images at their

@@ -152,234 +152,332 @@ def attach_lora(backend: Any, cfg: VLMTrainConfig) -> tuple[Any, str]:
     return peft_model, regex
 
 
+def _fresh_run() -> dict[str, Any]:
+    """An epoch's running training loss and accuracy (saved as is in `state.pt`)."""
+    return {"loss": 0.0, "correct": 0, "n": 0}
+
+
+@dataclass
+class _Progress:
+    """Where a run stands; saved at every checkpoint (mid-epoch included)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # the best epoch: number, metric, LoRA weights, validation scores
+    bad_total: int = 0  # unreadable training images met
+    step: int = 0  # optimizer steps taken
+    wall: float = 0.0
+    first_epoch: int = 0  # the epoch a resumed run starts in
+    start: int = 0  # ... at this position of its order
+    step_in_epoch: int = 0
+    run: dict[str, Any] = field(default_factory=_fresh_run)
+
+
 def train_vlm(cfg: VLMTrainConfig, log: Any = None) -> Path:
     """Train a LoRA adapter; returns the adapter folder (= cfg.out)."""
     from mai.vlm.load import require_vlm_extra
 
     require_vlm_extra("mai train vlm")
-    import torch
+    return VlmRun(cfg, log).train()
 
-    from mai.vlm.images import open_image
-    from mai.vlm.load import base_identity, check_base, load_base
-    from mai_train.display import TrainDisplay
-    from mai_train.evaluate import calibrate
-    from mai_train.vlm.evaluate import score_items
 
-    out = Path(cfg.out)
-    if (out / META_NAME).exists():
-        raise VLMTrainError(f"{out} already holds an adapter ({META_NAME}); choose another --out or delete it")
-    resumed = load_state(out, asdict(cfg), _RESUME_KEYS, VLMTrainError)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    base_path, base_cfg = check_base(cfg.base, cfg.trust_remote_code)
-    ds = open_dataset(cfg.data)
-    rng = random.Random(cfg.seed)
-    train_items, val_items = ds.split("train"), ds.split("val")
-    if cfg.limit and len(train_items) > cfg.limit:
-        train_items = rng.sample(train_items, cfg.limit)
-    if cfg.val_limit and len(val_items) > cfg.val_limit:
-        val_items = sorted(rng.sample(val_items, cfg.val_limit), key=lambda i: i.relpath)
-    if not val_items:
-        raise VLMTrainError(f"{cfg.data}: the hash split left no validation images; add data")
-    balanced_order(train_items, random.Random(0))  # fails early on a missing class
+class VlmRun:
+    """One `mai train vlm` run: data, the base with fresh (or resumed) LoRA layers,
+    epochs of balanced batches with gradient accumulation and checkpoints, the
+    best epoch kept, calibrated and written as an adapter."""
 
-    device = torch_device(cfg.device)
-    dtype = None if (device == "cuda" and cfg.amp) else "float32"
-    t_load = time.time()
-    backend = load_base(base_path, cfg.trust_remote_code, device, dtype, cfg.question, cfg.image_splitting)
-    load_s = time.time() - t_load
-    gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device == "cuda"
-    if gc:
-        backend.enable_gradient_checkpointing()
-    torch.manual_seed(cfg.seed)
-    peft_model, regex = attach_lora(backend, cfg)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    n_train_params = sum(p.numel() for p in params)
-    n_all = sum(p.numel() for p in peft_model.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp_dtype = backend.dtype if device == "cuda" and backend.dtype != torch.float32 else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    def __init__(self, cfg: VLMTrainConfig, log: Any = None) -> None:
+        import torch
 
-    per_epoch = 2 * min(sum(i.label == REAL for i in train_items), sum(i.label == FAKE for i in train_items))
-    micro_per_epoch = math.ceil(per_epoch / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * total))
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
+        from mai.vlm.load import check_base
+        from mai_train.display import TrainDisplay
 
-    display = TrainDisplay(cfg.epochs, steps_per_epoch, log=log)
-    display.note(f"{per_epoch} balanced training images an epoch (of {len(train_items)}), {len(val_items)} "
-                 f"validation, from {ds.root}; {backend.family} base {base_path.name} on {device} "
-                 f"({str(backend.dtype).replace('torch.', '')}, loaded in {load_s:.1f} s); LoRA r={cfg.lora_r} "
-                 f"on {regex}: {n_train_params:,} of {n_all:,} parameters train")
+        self.cfg, self.out = cfg, Path(cfg.out)
+        if (self.out / META_NAME).exists():
+            raise VLMTrainError(f"{self.out} already holds an adapter ({META_NAME}); choose another --out or "
+                                "delete it")
+        resumed = load_state(self.out, asdict(cfg), _RESUME_KEYS, VLMTrainError)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.base_path, self.base_cfg = check_base(cfg.base, cfg.trust_remote_code)
+        self.ds = open_dataset(cfg.data)
+        self.train_items, self.val_items = self._items()
+        self._load()
+        self._schedule()
+        self.display = TrainDisplay(cfg.epochs, self.steps_per_epoch, log=log)
+        self.display.note(
+            f"{self.per_epoch} balanced training images an epoch (of {len(self.train_items)}), "
+            f"{len(self.val_items)} validation, from {self.ds.root}; {self.backend.family} base "
+            f"{self.base_path.name} on {self.device} ({str(self.backend.dtype).replace('torch.', '')}, loaded in "
+            f"{self.load_s:.1f} s); LoRA r={cfg.lora_r} on {self.regex}: {self.n_train_params:,} of "
+            f"{self.n_all:,} parameters train")
+        self.p = _Progress()
+        if resumed is not None:
+            self._resume(resumed)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    bad_total, step, wall = 0, 0, 0.0
-    first_epoch, start, step_in_epoch, run = 0, 0, 0, {"loss": 0.0, "correct": 0, "n": 0}
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    def _items(self) -> tuple[list[Item], list[Item]]:
+        cfg, rng = self.cfg, random.Random(self.cfg.seed)
+        train_items, val_items = self.ds.split("train"), self.ds.split("val")
+        if cfg.limit and len(train_items) > cfg.limit:
+            train_items = rng.sample(train_items, cfg.limit)
+        if cfg.val_limit and len(val_items) > cfg.val_limit:
+            val_items = sorted(rng.sample(val_items, cfg.val_limit), key=lambda i: i.relpath)
+        if not val_items:
+            raise VLMTrainError(f"{cfg.data}: the hash split left no validation images; add data")
+        balanced_order(train_items, random.Random(0))  # fails early on a missing class
+        return train_items, val_items
 
-    if resumed is not None:
-        set_peft_model_state_dict(peft_model, {k: v.to(device) for k, v in resumed["lora"].items()})
-        opt.load_state_dict(resumed["optimizer"])
-        scaler.load_state_dict(resumed["scaler"])
-        history, best, bad_total, step, wall = (resumed["history"], resumed["best"], resumed["bad"],
-                                                resumed["step"], resumed["wall"])
-        first_epoch, start, step_in_epoch, run = (resumed["epoch"], resumed["start"], resumed["step_in_epoch"],
-                                                  resumed["run"])
+    def _load(self) -> None:
+        """The base on its device, LoRA attached, the optimizer and the loss scaler."""
+        import torch
+
+        from mai.vlm.load import load_base
+
+        cfg = self.cfg
+        self.device = torch_device(cfg.device)
+        dtype = None if (self.device == "cuda" and cfg.amp) else "float32"
+        t_load = time.time()
+        self.backend = load_base(self.base_path, cfg.trust_remote_code, self.device, dtype, cfg.question,
+                                 cfg.image_splitting)
+        self.load_s = time.time() - t_load
+        self.gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else self.device == "cuda"
+        if self.gc:
+            self.backend.enable_gradient_checkpointing()
+        torch.manual_seed(cfg.seed)
+        self.peft_model, self.regex = attach_lora(self.backend, cfg)
+        self.params = [p for p in self.peft_model.parameters() if p.requires_grad]
+        self.n_train_params = sum(p.numel() for p in self.params)
+        self.n_all = sum(p.numel() for p in self.peft_model.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        backend = self.backend
+        self.amp_dtype = backend.dtype if self.device == "cuda" and backend.dtype != torch.float32 else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _schedule(self) -> None:
+        cfg, items = self.cfg, self.train_items
+        self.per_epoch = 2 * min(sum(i.label == REAL for i in items), sum(i.label == FAKE for i in items))
+        micro_per_epoch = math.ceil(self.per_epoch / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+        self.total = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total = min(self.total, cfg.max_steps)
+        self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * self.total))
+
+    def _resume(self, resumed: dict[str, Any]) -> None:
+        import torch
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.peft_model, {k: v.to(self.device) for k, v in resumed["lora"].items()})
+        self.opt.load_state_dict(resumed["optimizer"])
+        self.scaler.load_state_dict(resumed["scaler"])
+        self.p = _Progress(resumed["history"], resumed["best"], resumed["bad"], resumed["step"], resumed["wall"],
+                           resumed["epoch"], resumed["start"], resumed["step_in_epoch"], resumed["run"])
         torch.set_rng_state(resumed["rng"])
-        if device == "cuda" and resumed.get("cuda_rng") is not None:
+        if self.device == "cuda" and resumed.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(resumed["cuda_rng"])
-        display.note(f"resuming at epoch {first_epoch + 1}, optimizer step {step} ({out / STATE_NAME})")
+        self.display.note(f"resuming at epoch {self.p.first_epoch + 1}, optimizer step {self.p.step} "
+                          f"({self.out / STATE_NAME})")
 
-    def checkpoint(epoch: int, start: int, step_in_epoch: int, run: dict[str, Any]) -> None:
-        out.mkdir(parents=True, exist_ok=True)
+    def checkpoint(self, epoch: int, start: int, step_in_epoch: int, run: dict[str, Any]) -> None:
+        import torch
+        from peft import get_peft_model_state_dict
+
+        p = self.p
+        self.out.mkdir(parents=True, exist_ok=True)
         _save_state({
-            "config": asdict(cfg),
-            "lora": {k: v.detach().cpu() for k, v in get_peft_model_state_dict(peft_model).items()},
-            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "history": history, "best": best,
-            "bad": bad_total, "step": step, "wall": wall, "epoch": epoch, "start": start,
+            "config": asdict(self.cfg),
+            "lora": {k: v.detach().cpu() for k, v in get_peft_model_state_dict(self.peft_model).items()},
+            "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "history": p.history,
+            "best": p.best, "bad": p.bad_total, "step": p.step, "wall": p.wall, "epoch": epoch, "start": start,
             "step_in_epoch": step_in_epoch, "run": dict(run), "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if device == "cuda" else None,
-        }, out / STATE_NAME)
+            "cuda_rng": torch.cuda.get_rng_state() if self.device == "cuda" else None,
+        }, self.out / STATE_NAME)
 
-    def autocast() -> Any:
-        if amp_dtype is None:
+    def autocast(self) -> Any:
+        import torch
+
+        if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=amp_dtype)
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
-    def p_yes(images: list[Any]) -> list[float]:
-        with autocast():
-            return backend.p_yes(images)
+    def p_yes(self, images: list[Any]) -> list[float]:
+        with self.autocast():
+            return self.backend.p_yes(images)
 
-    with display:
-        for epoch in range(first_epoch, cfg.epochs):
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-            t0 = time.time()
-            order = balanced_order(train_items, random.Random(cfg.seed * 1000 + epoch))
-            peft_model.train()
-            if epoch != first_epoch:
-                start, step_in_epoch, run = 0, 0, {"loss": 0.0, "correct": 0, "n": 0}
-            micro = start // cfg.batch_size
-            opt.zero_grad(set_to_none=True)
-            lr = lr_at(cfg, step, total, warmup)
-            for i in range(start, len(order), cfg.batch_size):
-                images, answers = [], []
-                for it in order[i : i + cfg.batch_size]:
-                    try:
-                        images.append(open_image(ds.read_bytes(it)))
-                        answers.append(it.label == FAKE)
-                    except Exception:  # noqa: BLE001 - unreadable images are counted, not fatal
-                        bad_total += 1
-                micro += 1
-                if images:
-                    with autocast():
-                        loss, yn = backend.loss(images, answers)
-                    if not torch.isfinite(loss):
-                        raise VLMTrainError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                    run["loss"] += loss.item() * len(images)
-                    truth = torch.tensor(answers, device=yn.device)
-                    run["correct"] += int(((yn[:, 0] > yn[:, 1]) == truth).sum())
-                    run["n"] += len(images)
-                last = i + cfg.batch_size >= len(order)
-                if micro % cfg.grad_accum == 0 or last:
-                    lr = lr_at(cfg, step, total, warmup)
-                    for grp in opt.param_groups:
-                        grp["lr"] = lr
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                    step += 1
-                    step_in_epoch += 1
-                    display.step(epoch, step_in_epoch, run["loss"] / max(run["n"], 1),
-                                 run["correct"] / max(run["n"], 1), lr)
-                    if cfg.max_steps and step >= cfg.max_steps:
-                        break
-                    if not last and step % cfg.checkpoint_every == 0:
-                        checkpoint(epoch, i + cfg.batch_size, step_in_epoch, run)
-            wall += time.time() - t0
-            t0 = time.time()
-            peft_model.eval()
-            scored = score_items(p_yes, ds, val_items, batch_size=eval_bs)
-            val = metrics.summarise(scored.scores, scored.labels, 0.5)
-            row = {
-                "epoch": epoch + 1, "steps": step,
-                "train_loss": run["loss"] / run["n"] if run["n"] else None,
-                "train_accuracy": run["correct"] / run["n"] if run["n"] else None,
-                "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
-                "val_average_precision": val["average_precision"],
-                "wall_s": round(wall + (time.time() - t0), 1),
-            }
-            wall += time.time() - t0
-            history.append(row)
-            display.epoch_done(row)
-            key = row["val_roc_auc"] if row["val_roc_auc"] is not None else (val["balanced_accuracy"] or 0.0)
-            if best is None or key > best["metric"]:
-                state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
-                best = {"epoch": epoch + 1, "metric": key, "state": state, "scored": scored}
-            checkpoint(epoch + 1, 0, 0, {"loss": 0.0, "correct": 0, "n": 0})
-    cfg.history = history
-    if best is None:
-        raise VLMTrainError("no epoch finished; nothing to save")
-    if best["epoch"] != len(history):
-        set_peft_model_state_dict(peft_model, {k: v.to(device) for k, v in best["state"].items()})
-    scored = best["scored"]
-    cal = calibrate(scored, cfg.target_fpr, cfg.band_precision)
+    def train(self) -> Path:
+        cfg, p = self.cfg, self.p
+        with self.display:
+            for epoch in range(p.first_epoch, cfg.epochs):
+                if cfg.max_steps and p.step >= cfg.max_steps:
+                    break
+                t0 = time.time()
+                self._train_epoch(epoch)
+                p.wall += time.time() - t0
+                self._validate(epoch)
+                self.checkpoint(epoch + 1, 0, 0, _fresh_run())
+        cfg.history = p.history
+        if p.best is None:
+            raise VLMTrainError("no epoch finished; nothing to save")
+        return self._save()
 
-    out.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(out))
-    weights = out / "adapter_model.safetensors"
-    digest = sha256_file(weights) if weights.is_file() else hashlib.sha256(b"").hexdigest()
-    name = cfg.name or out.name
-    conf = {k: v for k, v in asdict(cfg).items() if k != "history"}
-    meta = {
-        "schema": SCHEMA, "kind": "vlm-lora", "model_id": f"{name}@{digest[:8]}", "name": name,
-        "weights_sha256": digest,
-        "base": base_identity(base_path, base_cfg),
-        "question": cfg.question, "prompt": backend.prompt,
-        "answers": {"yes": ANSWER_YES, "no": ANSWER_NO},
-        "answer_token_ids": backend.answer_tokens(),
-        "score": "softmax over the next-token logits of answer_token_ids.yes and .no after the prompt: P(yes)",
-        "options": {"image_splitting": cfg.image_splitting},
-        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "target_modules": regex,
-                 "trainable_parameters": n_train_params},
-        **cal,
-        "data": {
-            "source": str(cfg.data), "fingerprint": ds.fingerprint(), "split_rule": SPLIT_RULE,
-            "balance": "each epoch: all of the smaller class and a fresh draw of as many of the larger",
-            "counts": {"all": ds.counts(), "train": len(ds.items) - len(ds.split("val")),
-                       "val": len(ds.split("val")), "train_used": len(train_items),
-                       "train_balanced_per_epoch": per_epoch, "val_used": len(val_items)},
-            "unreadable_train": bad_total, "unreadable_val": len(scored.unreadable),
-        },
-        "train": {
-            "command": " ".join(["mai", *sys.argv[1:]]) if sys.argv and "mai" in Path(sys.argv[0]).name else None,
-            "config": conf, "best_epoch": best["epoch"], "selected_by": "val_roc_auc",
-            "optimizer_steps": step, "warmup_steps": warmup, "gradient_checkpointing": gc,
-            "precision": str(backend.dtype).replace("torch.", "") + (" autocast" if amp_dtype else ""),
-            "wall_s": round(wall, 1), "load_s": round(load_s, 1), "hardware": hardware(device),
-            "history": history,
-        },
-        "versions": _versions(),
-    }
-    # Each validation image's P(Yes) from the kept epoch: what calibration saw, and
-    # what a re-loaded adapter must reproduce.
-    with open(out / VAL_SCORES, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "source", "score"])
-        for rel, lab, src, sc in zip(scored.relpaths, scored.labels, scored.sources, scored.scores, strict=True):
-            w.writerow([rel, "fake" if lab == FAKE else "real", src, repr(float(sc))])
-    tmp = out / (META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / META_NAME)
-    (out / STATE_NAME).unlink(missing_ok=True)  # the adapter is whole: nothing left to resume
-    band, rep = cal["uncertain"], cal["metrics"]["val"]
-    display.note(f"saved {meta['model_id']} to {out} (best epoch {best['epoch']}, threshold {cal['threshold']:.4f}, "
-                 f"band [{band[0]:.4f}, {band[1]:.4f}], val accuracy {rep['accuracy']:.4f})")
-    return out
+    def _train_epoch(self, epoch: int) -> None:
+        """The epoch's (remaining) batches: an optimizer step every `grad_accum` of them."""
+        cfg, p = self.cfg, self.p
+        order = balanced_order(self.train_items, random.Random(cfg.seed * 1000 + epoch))
+        self.peft_model.train()
+        if epoch != p.first_epoch:
+            p.start, p.step_in_epoch, p.run = 0, 0, _fresh_run()
+        micro = p.start // cfg.batch_size
+        self.opt.zero_grad(set_to_none=True)
+        for i in range(p.start, len(order), cfg.batch_size):
+            self._micro_batch(order[i : i + cfg.batch_size], epoch)
+            micro += 1
+            last = i + cfg.batch_size >= len(order)
+            if micro % cfg.grad_accum == 0 or last:
+                self._optimizer_step(epoch)
+                if cfg.max_steps and p.step >= cfg.max_steps:
+                    break
+                if not last and p.step % cfg.checkpoint_every == 0:
+                    self.checkpoint(epoch, i + cfg.batch_size, p.step_in_epoch, p.run)
+
+    def _micro_batch(self, items: list[Item], epoch: int) -> None:
+        """Forward and backward one batch (its loss scaled for accumulation)."""
+        import torch
+
+        from mai.vlm.images import open_image
+
+        images, answers = [], []
+        for it in items:
+            try:
+                images.append(open_image(self.ds.read_bytes(it)))
+                answers.append(it.label == FAKE)
+            except Exception:  # noqa: BLE001 - unreadable images are counted, not fatal
+                self.p.bad_total += 1
+        if not images:
+            return
+        with self.autocast():
+            loss, yn = self.backend.loss(images, answers)
+        if not torch.isfinite(loss):
+            raise VLMTrainError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+        self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        run = self.p.run
+        run["loss"] += loss.item() * len(images)
+        truth = torch.tensor(answers, device=yn.device)
+        run["correct"] += int(((yn[:, 0] > yn[:, 1]) == truth).sum())
+        run["n"] += len(images)
+
+    def _optimizer_step(self, epoch: int) -> None:
+        import torch
+
+        p = self.p
+        lr = lr_at(self.cfg, p.step, self.total, self.warmup)
+        for grp in self.opt.param_groups:
+            grp["lr"] = lr
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        p.step += 1
+        p.step_in_epoch += 1
+        run = p.run
+        self.display.step(epoch, p.step_in_epoch, run["loss"] / max(run["n"], 1),
+                          run["correct"] / max(run["n"], 1), lr)
+
+    def _validate(self, epoch: int) -> None:
+        """Score the validation split with P(Yes); keep the epoch if its ROC-AUC is the best."""
+        from peft import get_peft_model_state_dict
+
+        from mai_train.vlm.evaluate import score_vlm_items
+
+        p, run = self.p, self.p.run
+        t0 = time.time()
+        self.peft_model.eval()
+        scored = score_vlm_items(self.p_yes, self.ds, self.val_items, batch_size=self.cfg.eval_batch_size
+                             or self.cfg.batch_size)
+        val = metrics.summarise(scored.scores, scored.labels, 0.5)
+        row = {
+            "epoch": epoch + 1, "steps": p.step,
+            "train_loss": run["loss"] / run["n"] if run["n"] else None,
+            "train_accuracy": run["correct"] / run["n"] if run["n"] else None,
+            "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
+            "val_average_precision": val["average_precision"],
+            "wall_s": round(p.wall + (time.time() - t0), 1),
+        }
+        p.wall += time.time() - t0
+        p.history.append(row)
+        self.display.epoch_done(row)
+        key = row["val_roc_auc"] if row["val_roc_auc"] is not None else (val["balanced_accuracy"] or 0.0)
+        if p.best is None or key > p.best["metric"]:
+            state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.peft_model).items()}
+            p.best = {"epoch": epoch + 1, "metric": key, "state": state, "scored": scored}
+
+    def _save(self) -> Path:
+        """Calibrate the best epoch, write the adapter, its mai.json and validation scores."""
+        from peft import set_peft_model_state_dict
+
+        from mai_train.evaluate import calibrate
+
+        cfg, out, best = self.cfg, self.out, self.p.best
+        assert best is not None
+        if best["epoch"] != len(self.p.history):
+            set_peft_model_state_dict(self.peft_model, {k: v.to(self.device) for k, v in best["state"].items()})
+        scored = best["scored"]
+        cal = calibrate(scored, cfg.target_fpr, cfg.band_precision)
+        out.mkdir(parents=True, exist_ok=True)
+        self.peft_model.save_pretrained(str(out))
+        weights = out / "adapter_model.safetensors"
+        digest = sha256_file(weights) if weights.is_file() else hashlib.sha256(b"").hexdigest()
+        meta = self._meta(cal, digest, scored)
+        # Each validation image's P(Yes) from the kept epoch: what calibration saw, and
+        # what a re-loaded adapter must reproduce.
+        with open(out / VAL_SCORES, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "source", "score"])
+            for rel, lab, src, sc in zip(scored.relpaths, scored.labels, scored.sources, scored.scores, strict=True):
+                w.writerow([rel, "fake" if lab == FAKE else "real", src, repr(float(sc))])
+        tmp = out / (META_NAME + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out / META_NAME)
+        (out / STATE_NAME).unlink(missing_ok=True)  # the adapter is whole: nothing left to resume
+        band, rep = cal["uncertain"], cal["metrics"]["val"]
+        self.display.note(f"saved {meta['model_id']} to {out} (best epoch {best['epoch']}, threshold "
+                          f"{cal['threshold']:.4f}, band [{band[0]:.4f}, {band[1]:.4f}], val accuracy "
+                          f"{rep['accuracy']:.4f})")
+        return out
+
+    def _meta(self, cal: dict[str, Any], digest: str, scored: Any) -> dict[str, Any]:
+        from mai.vlm.load import base_identity
+
+        cfg, ds, backend, p = self.cfg, self.ds, self.backend, self.p
+        name = cfg.name or self.out.name
+        return {
+            "schema": SCHEMA, "kind": "vlm-lora", "model_id": f"{name}@{digest[:8]}", "name": name,
+            "weights_sha256": digest,
+            "base": base_identity(self.base_path, self.base_cfg),
+            "question": cfg.question, "prompt": backend.prompt,
+            "answers": {"yes": ANSWER_YES, "no": ANSWER_NO},
+            "answer_token_ids": backend.answer_tokens(),
+            "score": "softmax over the next-token logits of answer_token_ids.yes and .no after the prompt: P(yes)",
+            "options": {"image_splitting": cfg.image_splitting},
+            "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                     "target_modules": self.regex, "trainable_parameters": self.n_train_params},
+            **cal,
+            "data": {
+                "source": str(cfg.data), "fingerprint": ds.fingerprint(), "split_rule": SPLIT_RULE,
+                "balance": "each epoch: all of the smaller class and a fresh draw of as many of the larger",
+                "counts": {"all": ds.counts(), "train": len(ds.items) - len(ds.split("val")),
+                           "val": len(ds.split("val")), "train_used": len(self.train_items),
+                           "train_balanced_per_epoch": self.per_epoch, "val_used": len(self.val_items)},
+                "unreadable_train": p.bad_total, "unreadable_val": len(scored.unreadable),
+            },
+            "train": {
+                "command": " ".join(["mai", *sys.argv[1:]]) if sys.argv and "mai" in Path(sys.argv[0]).name else None,
+                "config": {k: v for k, v in asdict(cfg).items() if k != "history"}, "best_epoch": p.best["epoch"],
+                "selected_by": "val_roc_auc", "optimizer_steps": p.step, "warmup_steps": self.warmup,
+                "gradient_checkpointing": self.gc,
+                "precision": str(backend.dtype).replace("torch.", "") + (" autocast" if self.amp_dtype else ""),
+                "wall_s": round(p.wall, 1), "load_s": round(self.load_s, 1), "hardware": hardware(self.device),
+                "history": p.history,
+            },
+            "versions": _versions(),
+        }
