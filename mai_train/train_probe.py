@@ -292,10 +292,8 @@ def train_probe(cfg: ProbeConfig, log: Any = None, finish: Finish | None = None)
     head, cal = _fit_and_calibrate(cfg, inp, l2, mlp, say)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-
     tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(head.arrays(), str(tmp), metadata={"format": "np"})
+    tmp.write_bytes(head_bytes(head))
     os.replace(tmp, out / WEIGHTS_NAME)
     train = {"l2_chosen": l2, "l2_tried": tried,
              "selected_by": "val ROC-AUC (the strongest l2 within 0.002 of the best)" if mlp is None else
@@ -421,9 +419,50 @@ def _meta(cfg: ProbeConfig, inp: _Inputs, cal: dict[str, Any], train: dict[str, 
     }
 
 
-def load_head(art: Artifact) -> Head:
-    from safetensors.numpy import load_file
+def head_bytes(head: Head) -> bytes:
+    """The head's `model.safetensors` as written; its digest is the model id's, also
+    where the head is shipped as ONNX only (see `load_head`)."""
+    from safetensors.numpy import save
 
-    if sha256_file(art.weights) != art.meta.get("weights_sha256"):
-        raise ProbeError(f"{art.weights} does not match the hash in mai.json: restore it or re-train")
-    return Head.from_arrays(load_file(str(art.weights)))
+    return save(head.arrays(), metadata={"format": "np"})
+
+
+#: The head's ONNX initializers (`export.probe_head.head_onnx`) -> its named arrays.
+ONNX_ARRAYS = {"mu": "mu", "sigma": "sigma", "w": "w", "b": "b", "select": "select", "w1_half": "w1", "b1": "b1"}
+
+
+def _head_from_onnx(path: Path) -> Head:
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise ProbeError("reading a probe's head from its ONNX file needs the onnx package: "
+                         "pip install 'mai-detect[train]'") from None
+    try:
+        inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+        arrays = {name: inits[key] for key, name in ONNX_ARRAYS.items() if key in inits}
+        arrays["w"] = arrays["w"].reshape(-1)
+        if "split" in inits:  # heads of one feature (mai-clip-modern's) have no blocks to split
+            arrays["blocks"] = inits["split"][1:2]
+        return Head.from_arrays(arrays)
+    except Exception as e:  # noqa: BLE001 - a missing array, a bad protobuf, a short file: one user error
+        raise ProbeError(f"{path} is not a readable probe head: {e}") from e
+
+
+def load_head(art: Artifact) -> Head:
+    """The probe's head from `model.safetensors`, or, where the model ships its head
+    only as `model.fp32.onnx` (mai/pretrained: each model once), from that file's
+    weights; either way checked against the digest in mai.json."""
+    if art.weights.is_file():
+        from safetensors.numpy import load_file
+
+        digest, load = sha256_file(art.weights), lambda: Head.from_arrays(load_file(str(art.weights)))
+    else:
+        onnx_head = art.path / "model.fp32.onnx"
+        if not onnx_head.is_file():
+            raise ProbeError(f"{art.path} has neither {WEIGHTS_NAME} nor model.fp32.onnx: restore one or re-train")
+        head = _head_from_onnx(onnx_head)
+        digest, load = hashlib.sha256(head_bytes(head)).hexdigest(), lambda: head
+    if digest != art.meta.get("weights_sha256"):
+        raise ProbeError(f"the head in {art.path} does not match the hash in mai.json: restore it or re-train")
+    return load()

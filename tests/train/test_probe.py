@@ -199,6 +199,15 @@ def test_an_mlp_head_is_deterministic_and_its_onnx_pair_scores_like_numpy(tiny, 
     _, prob = open_model(a.path, "cpu").predict(x)
     np.testing.assert_allclose(prob, head.prob(layers), atol=1e-5)
     assert len(set(np.round(prob, 4))) > 1  # not a constant
+    # Shipped models carry their head once, as ONNX (mai/pretrained): the training wing
+    # reads it back from there, checked against the same digest.
+    (a.path / "model.safetensors").unlink()
+    again = load_head(load_artifact(a.path))
+    np.testing.assert_array_equal(again.prob(layers), head.prob(layers))
+    meta = json.loads((a.path / "mai.json").read_text())
+    (a.path / "mai.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
+    with pytest.raises(MaiError, match="does not match the hash"):
+        load_head(load_artifact(a.path))
 
 
 def test_probe_data_flags_say_the_fix(tiny, tmp_path: Path) -> None:
