@@ -35,19 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_model import _cpu_name as cpu_name  # noqa: E402  (one CPU-name rule for every benchmark)
+
 PRECISIONS = ("fp32", "int8")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def open_models(threads: int) -> dict[str, object]:
@@ -143,7 +133,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     import onnxruntime as ort
 
-    print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores; ONNX Runtime {ort.__version__}; "
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; ONNX Runtime {ort.__version__}; "
           f"threads {args.threads}, batch {args.batch_size}")
     models = open_models(args.threads)
     rng = np.random.default_rng(0)

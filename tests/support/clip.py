@@ -103,6 +103,24 @@ def labelled_data(root: Path, n: int = 16) -> Path:
     return root
 
 
+def sourced_data(root: Path, sources: tuple[tuple[str, str, int], ...], seed_step: int, val_every: int) -> Path:
+    """`(source, label, n)` folders of 32x32 images and a manifest.csv naming each
+    file's source (one generator a source) and split (every `val_every`-th is val)."""
+    rows = []
+    for source, label, n in sources:
+        (root / source / label).mkdir(parents=True)
+        for i in range(n):
+            rel = f"{source}/{label}/{i:03d}.png"
+            (root / rel).write_bytes(encode(synthetic_image(int(label == "fake"), seed_step * i + len(source))))
+            split = "val" if i % val_every == 0 else "train"
+            rows.append({"path": rel, "label": label, "source": source, "split": split})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "source", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
 @pytest.fixture
 def probe_dir(tiny, tmp_path: Path) -> Path:
     from export.probe_head import proven_head_line

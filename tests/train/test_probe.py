@@ -10,7 +10,6 @@ otherwise).
 
 from __future__ import annotations
 
-import csv
 import importlib
 import json
 import sys
@@ -22,8 +21,8 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="building the backbone graph needs onnx")
 pytest.importorskip("safetensors", reason="probe artifacts need safetensors")
 
-from support.clip import PKG, SIDE, cpu_session, labelled_data  # noqa: E402
-from support.data import encode, synthetic_image  # noqa: E402
+from support.clip import PKG, SIDE, cpu_session, labelled_data, sourced_data  # noqa: E402
+from support.data import synthetic_image  # noqa: E402
 
 from mai import backbone as bbmod  # noqa: E402
 from mai.artifact import load_artifact  # noqa: E402
@@ -106,18 +105,8 @@ def test_layers_probe_with_blocks_augmentation_and_unseen_calibration(tiny, tmp_
     from mai_train.evaluate import decode_item
     from mai_train.train_probe import ProbeConfig, load_head, train_probe
 
-    root = tmp_path / "data"
-    rows = []
-    for source, label, n in (("cam", "real", 40), ("genA", "fake", 20), ("genB", "fake", 20), ("tiny", "fake", 4)):
-        (root / source / label).mkdir(parents=True)
-        for i in range(n):
-            rel = f"{source}/{label}/{i:03d}.png"
-            (root / rel).write_bytes(encode(synthetic_image(int(label == "fake"), 7 * i + len(source))))
-            rows.append({"path": rel, "label": label, "source": source, "split": "val" if i % 4 == 0 else "train"})
-    with open(root / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "source", "split"])
-        w.writeheader()
-        w.writerows(rows)
+    root = sourced_data(tmp_path / "data", (("cam", "real", 40), ("genA", "fake", 20), ("genB", "fake", 20),
+                                            ("tiny", "fake", 4)), seed_step=7, val_every=4)
     lines: list[str] = []
     out = train_probe(ProbeConfig(data=(str(root),), out=str(tmp_path / "p"), backbone="tiny-clip", feature="layers",
                                   blocks="2", augment="wild", val_perturb=("web",), calibrate="unseen",
@@ -171,18 +160,8 @@ def test_an_mlp_head_is_deterministic_and_its_onnx_pair_scores_like_numpy(tiny, 
     from mai_train.evaluate import decode_item
     from mai_train.train_probe import ProbeConfig, load_head, train_probe
 
-    root = tmp_path / "data"
-    rows = []
-    for source, label, n in (("cam", "real", 30), ("genA", "fake", 15), ("genB", "fake", 15)):
-        (root / source / label).mkdir(parents=True)
-        for i in range(n):
-            rel = f"{source}/{label}/{i:03d}.png"
-            (root / rel).write_bytes(encode(synthetic_image(int(label == "fake"), 5 * i + len(source))))
-            rows.append({"path": rel, "label": label, "source": source, "split": "val" if i % 3 == 0 else "train"})
-    with open(root / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "source", "split"])
-        w.writeheader()
-        w.writerows(rows)
+    root = sourced_data(tmp_path / "data", (("cam", "real", 30), ("genA", "fake", 15), ("genB", "fake", 15)),
+                        seed_step=5, val_every=3)
     cfg = dict(data=(str(root),), backbone="tiny-clip", feature="layers", head="mlp", hidden=8, calibrate="unseen")
     a = load_artifact(train_probe(ProbeConfig(out=str(tmp_path / "a"), **cfg), finish=proven_head_line))
     b = load_artifact(train_probe(ProbeConfig(out=str(tmp_path / "b"), **cfg), finish=proven_head_line))
