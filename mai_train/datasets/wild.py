@@ -183,6 +183,130 @@ SOURCES: tuple[Source, ...] = (
            ("testsets/Kodak24/*.png", "testsets/McMaster/*.tif"),
            notes="Kodak PhotoCD (scanned film) and McMaster colour-demosaicking photos, 500x500 crops as used in "
                  "denoising papers. CBSD68 (= BSDS500) not used."),
+    # ---- round 3: modern, mostly photoreal generators + modern phone/stock photos -------------
+    # The detector missed photoreal fakes from generators it never saw, so this round adds 2024-25 open and
+    # API generators (Qwen-Image, plain FLUX.1-dev, Z-Image-Turbo, FLUX.2 klein, FIBO, ERNIE-Image, Krea 2,
+    # AuraFlow, CogView3-Plus, Playground v2/v2.5, Stable Cascade, SD-Turbo and SDXL few-step distillations) and,
+    # on the real side, what it lacked: 2020s phone snapshots of people, indoor rooms, street crowds, food. Prompt-
+    # keyed groups keep one prompt's renders (several API providers, several models) in one split.
+    Source("qwen_image_yetter", "jyoung105/yetter", "131d503f7b35d76ea6f44d9ebb4983792b3eb207",
+           "fake", "Qwen-Image", "diffusion", "none stated",
+           ("control_group/*/qwen-image/results/*.png", "model/qwen-image/results/*.png"),
+           exclude=("control_group/*/qwen-image/results/prompt_07_*", "model/qwen-image/results/prompt_07_*"),
+           group_re=r"prompt_(\d+)_", notes="API benchmark: the same 10 prompts through 4 providers (fal, replicate, "
+           "runware, wavespeed) and Yetter, 1024-1328px. Prompt 7 (flat abstract geometric art) excluded."),
+    Source("flux1dev_yetter", "jyoung105/yetter", "131d503f7b35d76ea6f44d9ebb4983792b3eb207",
+           "fake", "FLUX.1-dev", "diffusion", "none stated; FLUX.1-dev non-commercial licence (model)",
+           ("control_group/*/flux-1-dev/results/*.png", "model/flux-1-dev/results/*.png"),
+           exclude=("control_group/*/flux-1-dev/results/prompt_07_*", "model/flux-1-dev/results/prompt_07_*"),
+           group_re=r"prompt_(\d+)_", notes="Same benchmark and prompts as qwen_image_yetter, plain FLUX.1-dev (28 "
+           "steps). Prompt 7 (abstract art) and all Kontext edits (text posters, anime, real input photos) excluded."),
+    Source("zimage_mlbench", "Yehia-Fahmy/ML_Benchmarking", "68214350aab61687f6b4effb55cdaafae70b7be4",
+           "fake", "Z-Image-Turbo", "diffusion", "none stated; Apache-2.0 (model)",
+           ("Z-Image-Turbo-outputs-png/*.png", "comparison results/z-image-turbo/*.png",
+            "comparison_results/z-image-turbo/baseline/*.png"),
+           notes="512px benchmark outputs of photographic prompts (street, portrait, food, landscapes)."),
+    Source("sdturbo_mlbench", "Yehia-Fahmy/ML_Benchmarking", "68214350aab61687f6b4effb55cdaafae70b7be4",
+           "fake", "SD-Turbo", "diffusion", "none stated; Stability AI non-commercial (model)",
+           ("comparison results/sd-turbo/*.png", "comparison_results/sd-turbo/baseline/*.png"),
+           notes="512px outputs of the same benchmark. Its SD 1.5 outputs are not used (SD 1.x is in round 1)."),
+    # mflux regression references: one text-to-image render per model, <= 3 a generator, but they are the only
+    # labelled outputs found for these 2025 models. Edits of real input photos, depth maps, upscales, the text
+    # poster and the README mosaics are not used.
+    Source("flux2_klein_mflux", "filipstrand/mflux", "97ac5e6280e8c65e48a609722229eb9d03ef2cbe",
+           "fake", "FLUX.2 [klein]", "diffusion", "MIT (repo); FLUX.2 klein licence (model)",
+           ("tests/resources/reference_flux2_klein_tiger_swim.png",
+            "tests/resources/reference_flux2_klein_9b_tiger_swim.png"),
+           group_re=r"(tiger_swim)", notes="4B and 9B renders of one prompt (grouped)."),
+    Source("fibo_mflux", "filipstrand/mflux", "97ac5e6280e8c65e48a609722229eb9d03ef2cbe",
+           "fake", "FIBO (Bria)", "diffusion", "MIT (repo); Bria FIBO licence (model)",
+           ("tests/resources/reference_fibo.png", "tests/resources/reference_fibo_lite.png",
+            "tests/resources/reference_fibo_white_owl.png"),
+           group_re=r"(reference_fibo)", notes="Three owl renders (FIBO, FIBO lite), grouped."),
+    Source("ernie_image_mflux", "filipstrand/mflux", "97ac5e6280e8c65e48a609722229eb9d03ef2cbe",
+           "fake", "ERNIE-Image", "diffusion", "MIT (repo)",
+           ("tests/resources/reference_ernie_image.png", "tests/resources/reference_ernie_image_turbo.png"),
+           group_re=r"(reference_ernie)", notes="Base and turbo render of one prompt (grouped)."),
+    Source("krea2_mflux", "filipstrand/mflux", "97ac5e6280e8c65e48a609722229eb9d03ef2cbe",
+           "fake", "Krea 2 (turbo)", "diffusion", "MIT (repo)", ("tests/resources/reference_krea2_turbo.png",)),
+    Source("zimage_mflux", "filipstrand/mflux", "97ac5e6280e8c65e48a609722229eb9d03ef2cbe",
+           "fake", "Z-Image-Turbo", "diffusion", "MIT (repo); Apache-2.0 (model)",
+           ("tests/resources/reference_z_image_turbo.png", "tests/resources/reference_z_image_turbo_lora.png"),
+           group_re=r"(reference_z_image)"),
+    Source("qwen_image_mflux", "filipstrand/mflux", "97ac5e6280e8c65e48a609722229eb9d03ef2cbe",
+           "fake", "Qwen-Image", "diffusion", "MIT (repo); Apache-2.0 (model)",
+           ("tests/resources/reference_qwen_txt2img.png", "tests/resources/reference_qwen_lora.png"),
+           group_re=r"(reference_qwen)"),
+    # One Replicate packager's README samples: the same 5 prompts (market, shipwreck, airship, snowy village,
+    # desert) rendered by each model at 1024px, so each source groups by prompt (the last digit of the name).
+    # Its Kolors images (held-out generator) and LCM images (an SD 1.5 Dreamshaper upscaled to 1024) are not used.
+    Source("auraflow_cogd", "jyoung105/cog-diffusers", "3f0960e0885d3cdc096066462b8bcaf210607db6",
+           "fake", "AuraFlow (v0.1-v0.3)", "diffusion", "none stated; Apache-2.0 (model)", ("assets/af[123][1-5].png",),
+           group_re=r"(\d)\.png$"),
+    Source("cogview3_cogd", "jyoung105/cog-diffusers", "3f0960e0885d3cdc096066462b8bcaf210607db6",
+           "fake", "CogView3-Plus", "diffusion", "none stated; CogView3 licence (model)", ("assets/cv3p[1-5].png",),
+           group_re=r"(\d)\.png$"),
+    Source("playground2_cogd", "jyoung105/cog-diffusers", "3f0960e0885d3cdc096066462b8bcaf210607db6",
+           "fake", "Playground v2", "diffusion", "none stated; Playground v2 community licence (model)",
+           ("assets/pg2[1-5].png",), group_re=r"(\d)\.png$"),
+    Source("playground25_cogd", "jyoung105/cog-diffusers", "3f0960e0885d3cdc096066462b8bcaf210607db6",
+           "fake", "Playground v2.5", "diffusion", "none stated; Playground v2.5 community licence (model)",
+           ("assets/pg25[1-5].png",), group_re=r"(\d)\.png$"),
+    Source("stable_cascade_cogd", "jyoung105/cog-diffusers", "3f0960e0885d3cdc096066462b8bcaf210607db6",
+           "fake", "Stable Cascade", "diffusion", "none stated; Stability AI non-commercial (model)",
+           ("assets/sc[1-5].png",), group_re=r"(\d)\.png$"),
+    Source("sdxl_fewstep_cogd", "jyoung105/cog-diffusers", "3f0960e0885d3cdc096066462b8bcaf210607db6",
+           "fake", "SDXL few-step (Turbo, Lightning, Hyper, DMD2, TCD, PCM, Flash, PeRFlow)", "diffusion",
+           "none stated; SDXL Open RAIL++-M and distillation licences (models)",
+           ("assets/add[1-5].png", "assets/dmd2[1-5].png", "assets/lightning[1-5].png", "assets/hyper[1-5].png",
+            "assets/tcd[1-5].png", "assets/pcm[1-5].png", "assets/flash[1-5].png", "assets/pf[1-5].png"),
+           group_re=r"(\d)\.png$", notes="Each model's predict.py loads an SDXL checkpoint (sdxl-turbo, flash-sdxl, "
+           "perflow-sdxl-base or SDXL base + LoRA/UNet)."),
+    # Real: a photo-management app's samples and tests: recent phone selfies and street/indoor/food photos and
+    # stock-style photos (animals, food, objects), 331-2560px.
+    Source("photoprism", "photoprism/photoprism", "382ffa89927f9fa2aca6ab83481177e0d81dd405",
+           "real", "real (PhotoPrism sample/test photos)", "camera", "AGPL-3.0 (repo); photographers not stated",
+           ("assets/examples/*.jpg", "assets/examples/*.JPG", "internal/ai/face/testdata/*.jpg",
+            "internal/meta/testdata/*.jpg", "internal/photoprism/testdata/*.jpg"),
+           exclude=("assets/examples/6720px_white.jpg",  # an almost blank white frame
+                    "internal/ai/face/testdata/7.jpg",  # a drawing
+                    "internal/meta/testdata/iptc-*", "internal/meta/testdata/altitude.jpg",  # logo / "SAMPLE" card
+                    "internal/meta/testdata/buggy_panorama.jpg", "internal/meta/testdata/no-exif-data.jpg",  # text
+                    "internal/*/testdata/panorama360.jpg", "internal/photoprism/testdata/animated-earth.jpg",
+                    # byte copies of internal/meta/testdata/digikam.jpg (would be dropped by dedupe anyway)
+                    "internal/photoprism/testdata/digikam.jpg", "internal/photoprism/testdata/orientation.jpg"),
+           group_re=r"(4120|dog_toshi)",
+           notes="Face-detection test photos (phone selfies and snapshots of people, 2020s), metadata test photos "
+                 "(phones, GoPro, street, food) and the app's example photos (stock-style). The NSFW test folder, "
+                 "text cards, a drawing, a screenshot and 360 panoramas excluded; four copies of one airport photo "
+                 "and a recoloured dog pair are grouped."),
+    # Indoor rooms and tourist street scenes, two things the real side lacked (feature-matching sample images).
+    Source("scannet_superglue", "magicleap/SuperGluePretrainedNetwork", "ddcf11f42e7e0732a0c4607648f9448ea8d73590",
+           "real", "real (ScanNet indoor frames)", "camera",
+           "SuperGlue academic non-commercial licence (repo); ScanNet terms of use (images)",
+           ("assets/scannet_sample_images/*.jpg",), group_re=r"(scene\d+_\d+)",
+           notes="RGB frames of 15 indoor scans (offices, bedrooms, bathrooms), 1296x968, two frames a scene "
+                 "(grouped); some motion blur. The Freiburg webcam sequence (17 near-identical frames of one "
+                 "desk) not used."),
+    Source("phototourism_superglue", "magicleap/SuperGluePretrainedNetwork",
+           "ddcf11f42e7e0732a0c4607648f9448ea8d73590", "real", "real (Phototourism Flickr photos)", "web",
+           "SuperGlue academic non-commercial licence (repo); Flickr photographers' licences (images)",
+           ("assets/phototourism_sample_images/*.jpg",),
+           notes="Tourist photos of London Bridge, Piazza San Marco, St Paul's and the US Capitol (street, crowds)."),
+    Source("sacre_coeur_hloc", "cvg/Hierarchical-Localization", "c13273bd0ecc2917a35910fd843712a1c6243193",
+           "real", "real (Phototourism Flickr photos)", "web",
+           "Apache-2.0 (repo); Flickr photographers' licences (images)", ("datasets/sacre_coeur/mapping/*.jpg",),
+           notes="Ten tourist photos of the Sacre-Coeur (day, dusk, crowds)."),
+    Source("face_recognition_examples", "ageitgey/face_recognition", "2e2dccea9dd0ce730c8d464d0f67c6eebb40c9d1",
+           "real", "real (face_recognition example photos)", "web",
+           "MIT (repo); photos of public figures, photographers' copyright not stated",
+           ("examples/*.jpg", "examples/*.png", "examples/knn_examples/test/*.jpg",
+            "examples/knn_examples/train/*/*.jpg", "examples/knn_examples/train/*/*.jpeg", "tests/test_images/*.jpg"),
+           exclude=("examples/obama-[247]*", "examples/obama_small.jpg",  # resized copies of obama-1080p / too small
+                    "tests/test_images/obama_partial_face*"),  # crops of obama.jpg
+           group_re=r"(obama|biden)",
+           notes="Portraits and event photos of ~8 public figures; byte copies across folders are dropped by the "
+                 "dedupe, and the several Obama/Biden photos are grouped (the others have 1-3 photos a person)."),
 )
 
 
