@@ -187,6 +187,9 @@ def test_an_mlp_head_is_deterministic_and_its_onnx_pair_scores_like_numpy(tiny, 
     (a.path / "mai.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
     with pytest.raises(MaiError, match="does not match the hash"):
         load_head(load_artifact(a.path))
+    (a.path / "model.fp32.onnx").write_bytes(b"not a graph")
+    with pytest.raises(MaiError, match="not a readable probe head"):
+        load_head(load_artifact(a.path))
 
 
 def test_probe_data_flags_say_the_fix(tiny, tmp_path: Path) -> None:
