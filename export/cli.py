@@ -73,7 +73,7 @@ def int8_cmd(model_path: str | None, data: str, split: str, images: int, method:
 
     \b
     Example:
-      mai export int8 --model mai/pretrained/mai-clip-wild-mlp --data ../shared/data/modern-train.tar
+      mai export int8 --model mai/pretrained/mai-clip-wild-mlp --data modern-train.tar
     """
     from export.int8 import Int8Settings, calibrate_int8
 
