@@ -307,6 +307,104 @@ SOURCES: tuple[Source, ...] = (
            group_re=r"(obama|biden)",
            notes="Portraits and event photos of ~8 public figures; byte copies across folders are dropped by the "
                  "dedupe, and the several Obama/Biden photos are grouped (the others have 1-3 photos a person)."),
+    # ---- round 4: photoreal fakes from more modern generators + varied web photos -------------------
+    # Round 3 raised the true-positive rate on unseen photoreal generators, so this round adds only images that look
+    # like photos (portraits, food, interiors, night sky, pets) from photoreal FLUX/SDXL LoRAs and fine-tunes, FLUX
+    # quantisations, SDXL base and an inference engine's 2025-26 reference renders (ERNIE-Image, FLUX.2 klein,
+    # Ovis-Image, Wan 2.2 t2i). Each source was looked at as a contact sheet; paths are listed one by one
+    # so that the illustrations, text posters, edits of real photos and collages next to them stay out.
+    Source("canopus_realism_sdxl", "PRITHIVSAKTHIUR/Canopus-Realism", "36adc87ef83bb94eea2416cc394aa41335cd0052",
+           "fake", "RealVisXL V4.0 Lightning + Canopus-Realism LoRA (SDXL)", "diffusion",
+           "Apache-2.0 (repo LICENSE); README: CreativeML Open RAIL-M", ("assets/[A-I].png",),
+           notes="README gallery of a realism LoRA: 9 studio/street portraits at 1024px. assets/[3-9].png and 10/11 "
+                 "are 500px copies of the same 9 images, the rest are UI screenshots and a collage cover; not used."),
+    Source("flux_realpix", "PRITHIVSAKTHIUR/FLUX-REALPIX", "2d8b5808b761a46db70a7533425045ab7ea1e32c",
+           "fake", "FLUX.1-dev + Canopus-LoRA-Flux-FaceRealism", "diffusion",
+           "CreativeML Open RAIL-M (README); FLUX.1-dev non-commercial licence (model)",
+           ("assets/[1-9][1-9].png", "assets/55.webp"),
+           notes="README gallery (9 portraits, 1024px) at the commit before the assets were deleted."),
+    Source("flux_super_portrait", "Stranger-Zone/Portrait-Zero-Shot", "75079279045e9c015d4c4d5e2fbf89ea7a17db0e",
+           "fake", "FLUX.1-dev + Flux-Super-Portrait-LoRA", "diffusion",
+           "MIT (repo); FLUX.1-dev non-commercial licence (model)", ("images/[1-6].png",),
+           notes="Six 1280x832 studio portraits; the header image (a copy with a logo and text) not used."),
+    Source("flux_gguf_mixed", "chrisgoringe/mixed-gguf-converter", "df72dc5a8e8ad21701da8260023e44c906562bec",
+           "fake", "FLUX.1-dev (bf16 and mixed GGUF quantisations)", "diffusion",
+           "Apache-2.0 (repo); FLUX.1-dev non-commercial licence (model)",
+           ("comparisons/images/default-[124].png", "comparisons/images/model_5_1-[124].png",
+            "comparisons/images/model_7_4-[124].png", "comparisons/images/model_9_2-[124].png"),
+           group_re=r"-(\d)\.png$",
+           notes="Quantisation comparison: one prompt and seed per file number across model variants. Only the three "
+                 "photographic prompts (bacon and sausages in a pan, grainy photo of a forest wizard, woman at a bus "
+                 "stop) at 4 of the 10 variants (near-duplicates of each other, grouped by prompt); the cosmic, "
+                 "horror, mecha and text-sign prompts not used."),
+    Source("sdxl_base_comfy", "hitthecodelabs/CreativeAI-Portraits", "c2ea3f10227247182009029639accb81cc99cedc",
+           "fake", "SDXL 1.0 (base / refiner)", "diffusion", "MIT (repo); SDXL Open RAIL++-M (model)",
+           tuple(f"text2image/output/ComfyUI_{n}_.png" for n in
+                 ("00005", "00006", "00008", "00010", "00104", "00105", "00120", "00125", "00128", "00130", "00131")),
+           notes="ComfyUI outputs whose embedded workflow names sd_xl_base_1.0 / sd_xl_refiner_1.0 (512 and 1024px): a "
+                 "boy with a cat, an old man, astronauts on the moon, library interiors, a wedding table, rain "
+                 "bokeh, a spider web, night skies. Illustrations, galaxy-in-a-bottle scenes, an SD 2.1 image, SD 2 "
+                 "inpaints of a real Yosemite photo and the SDXL-Turbo fantasy set (all_images/) not used."),
+    Source("juggernaut_xl_vix", "Visionatrix/VixFlowsDocs", "6a9d09d6ba56eed833757a155a4480f60cbe9ca7",
+           "fake", "Juggernaut XL (X)", "diffusion", "MIT (repo)",
+           ("docs/FlowsResults/Juggernaut_XL_[13].png",),
+           notes="Flow documentation renders (knight portrait, tiger); the elf portrait not used."),
+    Source("flux1_vix", "Visionatrix/VixFlowsDocs", "6a9d09d6ba56eed833757a155a4480f60cbe9ca7",
+           "fake", "FLUX.1 (dev or schnell, not stated)", "diffusion", "MIT (repo)",
+           ("docs/FlowsResults/Flux_1_[23].png",),
+           notes="Car in a night city, woman on a beach; the neon text-sign kitten not used."),
+    Source("mobius_xl_vix", "Visionatrix/VixFlowsDocs", "6a9d09d6ba56eed833757a155a4480f60cbe9ca7",
+           "fake", "Mobius XL (SDXL fine-tune)", "diffusion", "MIT (repo)",
+           ("docs/FlowsResults/Mobius_XL_[13].png",), notes="Owl and soldier; the pug in a printed hoodie not used."),
+    Source("sdxl_lightning_vix", "Visionatrix/VixFlowsDocs", "6a9d09d6ba56eed833757a155a4480f60cbe9ca7",
+           "fake", "SDXL-Lightning", "diffusion", "MIT (repo)", ("docs/FlowsResults/SDXL_Lighting_8_1.png",),
+           notes="8-step render of a smiling girl; the anime hero and the pop-art bear not used."),
+    # stable-diffusion.cpp reference renders (one prompt family: a cat photo, most holding a sign). Only the plain
+    # photographic cats: the sign-holding cats (SD 3.5 Large's too: its 320px crop is half sign text), edits, the text
+    # poster and the PhotoMaker examples (real photos of public figures, identity-conditioned outputs) are not used.
+    Source("ernie_image_sdcpp", "leejet/stable-diffusion.cpp", "97d2990807fe6d558e395f8764198d7c7e7b411c",
+           "fake", "ERNIE-Image", "diffusion", "MIT (repo)",
+           ("assets/ernie_image/example.png", "assets/ernie_image/turbo_example.png"), group_re=r"(ernie_image)"),
+    Source("flux2_klein_sdcpp", "leejet/stable-diffusion.cpp", "97d2990807fe6d558e395f8764198d7c7e7b411c",
+           "fake", "FLUX.2 [klein]", "diffusion", "MIT (repo)",
+           ("assets/flux2/flux2-klein-4b.png", "assets/flux2/flux2-klein-9b.png",
+            "assets/flux2/flux2-klein-base-4b.png", "assets/flux2/flux2-klein-base-9b.png"), group_re=r"(flux2-klein)",
+           notes="4B/9B, distilled and base: one prompt (grouped)."),
+    Source("ovis_image_sdcpp", "leejet/stable-diffusion.cpp", "97d2990807fe6d558e395f8764198d7c7e7b411c",
+           "fake", "Ovis-Image", "diffusion", "MIT (repo)", ("assets/ovis_image/example.png",)),
+    Source("wan22_t2i_sdcpp", "leejet/stable-diffusion.cpp", "97d2990807fe6d558e395f8764198d7c7e7b411c",
+           "fake", "Wan 2.2 (14B, text-to-image)", "diffusion", "MIT (repo); Apache-2.0 (model)",
+           ("assets/wan/Wan2.2_14B_t2i.png",)),
+    # Replicate (cog) packagings: one README sample each; only the photographic ones.
+    Source("realvisxl2_cog", "lucataco/cog-realvisxl-v2.0", "70ecc64c778872e1db0635177eb29bb00305809b",
+           "fake", "RealVisXL V2.0 (SDXL fine-tune)", "diffusion", "none stated", ("output.png",)),
+    Source("realvisxl2_lcm_cog", "lucataco/cog-realvisxl2-lcm", "4499f9db954c51255e73bffab2beb6acdd995ba7",
+           "fake", "RealVisXL V2.0 + LCM-LoRA", "diffusion", "none stated", ("output.0.png",)),
+    Source("sdxl_lightning_cog", "lucataco/cog-sdxl-lightning-4step", "241f6270f7095f2904f77e19b30156f0578257f5",
+           "fake", "SDXL-Lightning", "diffusion", "none stated", ("output.0.png",)),
+    Source("hyper_flux_cog", "lucataco/cog-hyper-flux-8step", "3499ab1b06cc1e1b2164b5b3b417e820aac593da",
+           "fake", "FLUX.1-dev + Hyper-SD 8-step LoRA", "diffusion",
+           "none stated; FLUX.1-dev non-commercial licence (model)", ("output.0.png",)),
+    # Real (round 4): web photos of people (athletes, portraits, groups), animals, vehicles and objects from two
+    # background-removal repos' test inputs (2020), to balance the portrait-heavy fakes above.
+    Source("u2net_photos", "xuebinqin/U-2-Net", "ac7e1c817ecab7c7dff5ce6b1abba61cd213ff29",
+           "real", "real (U-2-Net test photos)", "web",
+           "Apache-2.0 (repo); web photos, photographers' copyright not stated",
+           ("test_data/test_human_images/*.jpg", "test_data/test_human_images/*.jpeg", "test_data/test_images/*.jpg",
+            "test_data/test_images/*.jpeg", "test_data/test_images/*.png",
+            "test_data/test_portrait_images/your_portrait_im/*.jpg",
+            "test_data/test_portrait_images/your_portrait_im/*.jpeg"),
+           exclude=("test_data/test_images/long.jpg",  # calligraphy scan
+                    "test_data/test_images/vangogh.jpeg",  # a painting
+                    "test_data/test_images/im_27.png",  # composited-looking insect on a desert
+                    "test_data/test_images/lamp2_meitu_1.jpg"),  # retouched (Meitu) product shot
+           notes="Salient-object / portrait-matting test inputs: athletes, dancers, groups, stock portraits, "
+                 "horses, boats, a bike, animals. About a dozen thumbnails under 320px are skipped by the size rule."),
+    Source("rembg_examples", "danielgatis/rembg", "684f8e9f6c9162009b21ab637d8f2b0c05502470",
+           "real", "real (rembg example photos)", "web", "MIT (repo); stock photos, photographers not stated",
+           ("examples/animal-[123].jpg", "examples/car-[123].jpg", "examples/girl-[123].jpg"),
+           notes="Background-removal example inputs (wildlife, cars, women outdoors). The anime drawings and the later "
+                 "plants photo (origin unclear) not used."),
 )
 
 
