@@ -38,8 +38,17 @@ class DecodePool:
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if ctx.get_start_method() == "forkserver":
             ctx.set_forkserver_preload(["scanner.decode"])  # workers fork with Pillow and NumPy loaded
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=init_worker,
-                                   initargs=(self.opts.decode_timeout_s, self.opts.decode_memory_bytes))
+        try:
+            return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=init_worker,
+                                       initargs=(self.opts.decode_timeout_s, self.opts.decode_memory_bytes))
+        except (AttributeError, ImportError, OSError) as e:
+            # Seen in CI: a pyenv Python that loaded the system's older libpython (its
+            # LD_LIBRARY_PATH) has a standard library its interpreter lacks parts of, and
+            # multiprocessing's resource tracker fails before any worker starts.
+            raise MaiError(f"the decode worker processes cannot start ({type(e).__name__}: {e}); "
+                           "check that this Python's interpreter and standard library match "
+                           "(`python -c 'import ssl'` fails when they do not), or run with "
+                           "--workers 0 to decode in this process") from e
 
     def submit(self, paths: list[str]) -> Future:
         """Raises BrokenProcessPool when the pool cannot take work: besides the

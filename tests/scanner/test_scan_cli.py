@@ -205,6 +205,23 @@ def test_default_model_missing_is_one_clear_line(tmp_path: Path, capsys) -> None
     assert code == 2 and "--model PATH" in err and err.strip().count("\n") == 0
 
 
+def test_decode_workers_that_cannot_start_are_one_clear_line(tmp_path: Path, model_args: list[str], capsys,
+                                                             monkeypatch) -> None:
+    # As seen in CI: multiprocessing fails inside the pool's constructor when the
+    # interpreter and its standard library disagree.
+    import scanner.decode_pool as dp
+
+    def broken(*a: object, **k: object) -> None:
+        raise AttributeError("'_thread.RLock' object has no attribute '_recursion_count'")
+
+    monkeypatch.setattr(dp, "ProcessPoolExecutor", broken)
+    tiny_pngs(tmp_path, 2)
+    code, _, err = run_cli([str(tmp_path), "--workers", "2", "--no-state", *model_args], capsys)
+    assert code == 2 and "--workers 0" in err and "_recursion_count" in err
+    assert "Traceback" not in err
+    assert run_cli([str(tmp_path), "--workers", "0", "--no-state", "-q", *model_args], capsys)[0] == 0
+
+
 def _paths(path: Path) -> list[str]:
     return [r["path"] for r in read_jsonl(path)]
 
