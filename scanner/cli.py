@@ -11,13 +11,16 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mai.console import run_main
 from mai.errors import MaiError
 from scanner.exits import help_block
+
+if TYPE_CHECKING:
+    from scanner.engine import ScanModel
 
 
 def _band(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
@@ -269,7 +272,7 @@ def scan(flags: ScanFlags) -> int:
     return job.run(eng, walk(roots, f.walk_options()), opts, second_opinion=opinion)
 
 
-def _choose_decoder(model: Any, decoder: str, engine: str) -> tuple[Any, str | None]:
+def _choose_decoder(model: ScanModel, decoder: str, engine: str) -> tuple[Any, str | None]:
     """The GPU stage for --decoder (None: the CPU path) and why not, if worth saying.
     torch is imported only when the model already runs on CUDA."""
     from scanner.gpu import GpuPathError, choose

@@ -18,16 +18,50 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from mai.preprocess import PreprocessSpec
 from scanner.decode import DECODE_MEMORY_BYTES, DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, Decoded, decode_chunk
 from scanner.records import MODEL_STAGE, Decision, error_record, make_record
 from scanner.walk import Entry, WalkError
 
 #: emit(record, entry): entry is None for a walk problem (no file to key it by).
 Emit = Callable[[dict[str, Any], "Entry | None"], None]
+
+
+@runtime_checkable
+class ScanModel(Protocol):
+    """What a scan needs of its model: `mai.session.OnnxModel` (`mai.open_model`) is
+    the one the engines open; the tests' stand-ins follow it too."""
+
+    path: Path
+    provider: str
+    source: Path | None
+
+    @property
+    def spec(self) -> PreprocessSpec: ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def uncertain(self) -> tuple[float, float]: ...
+
+    @property
+    def precision(self) -> str: ...
+
+    def describe(self) -> str: ...
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def predict_bound(self, data_ptr: int, shape: tuple[int, ...], device: str = "cuda",
+                      device_id: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @runtime_checkable
@@ -44,9 +78,9 @@ class Engine(Protocol):
 
     name: str
 
-    def open_model(self) -> Any: ...
+    def open_model(self) -> ScanModel: ...
 
-    def run(self, source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit, *,
+    def run(self, source: Iterable[Entry | WalkError], model: ScanModel, decision: Decision, emit: Emit, *,
             options: EngineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
             second_opinion: SecondOpinion | None = None, tick: Callable[[], None] | None = None) -> None: ...
 
@@ -87,7 +121,7 @@ class SecondOpinion(Protocol):
     def score(self, images: list[np.ndarray], paths: list[str]) -> list[float]: ...
 
 
-def infer_host(decoded: list[Decoded], model: Any, keep_arrays: bool = True) -> dict[int, float]:
+def infer_host(decoded: list[Decoded], model: ScanModel, keep_arrays: bool = True) -> dict[int, float]:
     """The CPU path's inference: stack the decoded arrays, run the model; {index: P(synthetic)}."""
     ok = [i for i, d in enumerate(decoded) if d.error is None and d.array is not None]
     if not ok:
@@ -102,7 +136,7 @@ def infer_host(decoded: list[Decoded], model: Any, keep_arrays: bool = True) -> 
 Infer = Callable[[list[Decoded], Any, bool], dict[int, float]]
 
 
-def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
+def describe(decoded: Sequence[Decoded], model: ScanModel, decision: Decision,
              second_opinion: SecondOpinion | None = None, infer: Infer = infer_host) -> list[dict[str, Any] | None]:
     """Infer one batch of decode results and build their records, in order.
 
@@ -135,11 +169,11 @@ def describe(decoded: Sequence[Decoded], model: Any, decision: Decision,
     return out
 
 
-def default_decision(model: Any) -> Decision:
+def default_decision(model: ScanModel) -> Decision:
     return Decision.make(model.threshold, model.uncertain)
 
 
-def score_batch(paths: Sequence[str], model: Any, decision: Decision | None = None,
+def score_batch(paths: Sequence[str], model: ScanModel, decision: Decision | None = None,
                 second_opinion: SecondOpinion | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 draft: bool = True, decode_fn: Callable[..., list[Decoded]] = decode_chunk) -> list[dict[str, Any]]:
     """Decode, preprocess, infer and describe `paths`: one record each, in order.
@@ -196,7 +230,7 @@ class _WalkFailed:
         self.exc = exc
 
 
-def route_walked(item: Any, model: Any, emit: Any, triage: Callable[[Entry], bool] | None) -> Entry | None:
+def route_walked(item: Any, model: ScanModel, emit: Any, triage: Callable[[Entry], bool] | None) -> Entry | None:
     """What every engine does with one item from the walk queue (other than the
     end marker): re-raise a failed walk, turn a walk error into its record, let
     `triage` settle a file (resume, unchanged), and hand back the rest to score."""

@@ -46,6 +46,7 @@ from scanner.engine import (
     WALK_END,
     Emit,
     EngineOptions,
+    ScanModel,
     SecondOpinion,
     describe,
     feed_walk,
@@ -69,13 +70,13 @@ class LocalEngine:
         self.model_path, self.device, self.threads, self.log = model_path, device, threads, log
         self.precision = precision  # None: mai.session's rule
 
-    def open_model(self) -> Any:
+    def open_model(self) -> ScanModel:
         from mai.session import open_model
 
         return open_model(self.model_path, self.device, self.threads or os.cpu_count(), self.log,
                           precision=self.precision)
 
-    def run(self, source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit,
+    def run(self, source: Iterable[Entry | WalkError], model: ScanModel, decision: Decision, emit: Emit,
             **kw: Any) -> None:
         run(source, model, decision, emit, **kw)
 
@@ -83,7 +84,7 @@ class LocalEngine:
         pass
 
 
-def run(source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit, *,
+def run(source: Iterable[Entry | WalkError], model: ScanModel, decision: Decision, emit: Emit, *,
         options: EngineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
         second_opinion: SecondOpinion | None = None, tick: Callable[[], None] | None = None) -> None:
     """Scan everything `source` yields, as `scanner.engine.Engine.run` says."""
@@ -196,7 +197,7 @@ class GpuPath:
 class LocalScan:
     """One scan on this machine: its state and the four steps of its loop."""
 
-    def __init__(self, model: Any, decision: Decision, emit: Emit, opts: EngineOptions, *,
+    def __init__(self, model: ScanModel, decision: Decision, emit: Emit, opts: EngineOptions, *,
                  triage: Callable[[Entry], bool] | None = None, second_opinion: SecondOpinion | None = None) -> None:
         self.model, self.decision, self.emit, self.opts = model, decision, emit, opts
         self.triage, self.second_opinion = triage, second_opinion

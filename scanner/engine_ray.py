@@ -76,7 +76,7 @@ import numpy as np
 from mai.errors import MaiError
 from mai.session import stdout_to_stderr
 from scanner.decode import DEFAULT_MAX_PIXELS, configure_pillow, decode_chunk
-from scanner.engine import WALK_END, Emit, EngineOptions, feed_walk, route_walked, score_batch
+from scanner.engine import WALK_END, Emit, EngineOptions, ScanModel, feed_walk, route_walked, score_batch
 from scanner.records import Decision, error_record, to_line
 from scanner.walk import Entry, WalkError
 
@@ -121,7 +121,7 @@ class RayModel:
     """The driver's model (ids, thresholds, band) with a `describe` that says
     where the scoring really runs."""
 
-    def __init__(self, model: Any, engine: RayEngine) -> None:
+    def __init__(self, model: ScanModel, engine: RayEngine) -> None:
         self._model, self._engine = model, engine
 
     def __getattr__(self, name: str) -> Any:
@@ -281,7 +281,7 @@ class RayEngine:
 
     # ------------------------------------------------------------------ the scan
 
-    def run(self, source: Iterable[Entry | WalkError], model: Any, decision: Decision, emit: Emit, *,
+    def run(self, source: Iterable[Entry | WalkError], model: ScanModel, decision: Decision, emit: Emit, *,
             options: EngineOptions | None = None, triage: Callable[[Entry], bool] | None = None,
             second_opinion: Any = None, tick: Callable[[], None] | None = None) -> None:
         """As `scanner.engine.Engine.run`: `emit(record, entry)` gets every file's record
@@ -341,7 +341,7 @@ class RayEngine:
             self.log(f"ray: {self.retried} files scored again after a worker failure, "
                      f"{self.duplicates} repeated records dropped")
 
-    def _score_window(self, entries: list[Entry], model: Any, decision: Decision, emit: Emit,
+    def _score_window(self, entries: list[Entry], model: ScanModel, decision: Decision, emit: Emit,
                       opts: EngineOptions, between: Callable[[], None], tick: Callable[[], None] | None) -> None:
         pending: dict[int, Entry] = dict(enumerate(entries))
         first = not self.providers

@@ -30,13 +30,16 @@ import importlib.util
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mai.errors import MaiError
 from mai.preprocess import PreprocessSpec, fit_box
 from scanner.decode import Decoded
+
+if TYPE_CHECKING:
+    from scanner.engine import ScanModel
 
 DECODERS = ("auto", "cpu", "gpu")
 #: GPUs whose float64 runs at half the float32 rate (P100, V100, A100, H100/H200):
@@ -52,7 +55,7 @@ class GpuPathError(MaiError):
     """`--decoder gpu` asked for where the GPU path cannot run."""
 
 
-def unavailable(model: Any) -> str | None:
+def unavailable(model: ScanModel) -> str | None:
     """None when the GPU path can run with `model`, else why not (one phrase).
 
     Cheap checks first: with the model on the CPU, torch is never imported."""
@@ -89,7 +92,7 @@ def _probe_nvjpeg(torch: Any) -> str | None:
     return None
 
 
-def choose(model: Any, decoder: str, engine: str = "local") -> tuple[GpuStage | None, str | None]:
+def choose(model: ScanModel, decoder: str, engine: str = "local") -> tuple[GpuStage | None, str | None]:
     """The `--decoder` rule: the GPU stage, or None and why the CPU decodes when
     that is worth saying (None when the model runs on the CPU anyway)."""
     if decoder not in DECODERS:
@@ -168,7 +171,7 @@ class GpuStage:
         return f"GPU (nvJPEG on {where}, resize on the device, {exact}; {self.versions})"
 
     # -- the engine's hook --------------------------------------------------
-    def infer(self, decoded: list[Decoded], model: Any, keep_arrays: bool = False) -> dict[int, float]:
+    def infer(self, decoded: list[Decoded], model: ScanModel, keep_arrays: bool = False) -> dict[int, float]:
         """Score the usable entries of `decoded`; returns {index: P(synthetic)}.
 
         An entry nvJPEG refuses gets `cpu` set to why, and no score: the engine

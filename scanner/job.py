@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mai.errors import MaiError
-from scanner.engine import Engine, EngineOptions
+from scanner.engine import Engine, EngineOptions, ScanModel
 from scanner.exits import EXIT_ERRORS, EXIT_FAIL_ON, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE
 from scanner.progress import Progress
 from scanner.records import Decision, display_path, make_record
@@ -30,7 +30,7 @@ from scanner.summary import Summary, print_lines
 from scanner.walk import Entry, WalkError
 
 
-def state_key(model: Any, second_opinion: Any = None) -> str:
+def state_key(model: ScanModel, second_opinion: Any = None) -> str:
     """What names a model in the scan state: its id, its precision, and the second opinion's id."""
     return f"{model.model_id}|{model.precision}" + (f"|vlm={second_opinion.model_id}" if second_opinion else "")
 
@@ -138,7 +138,8 @@ class ScanJob:
     (`state_key`): a record rebuilt from the state is one those would give again.
     """
 
-    def __init__(self, model: Any, decision: Decision, outputs: Outputs, options: JobOptions | None = None) -> None:
+    def __init__(self, model: ScanModel, decision: Decision, outputs: Outputs,
+                 options: JobOptions | None = None) -> None:
         opts = options or JobOptions()
         self.model, self.decision, self.outputs, self.options = model, decision, outputs, opts
         self.rescan, self.fail_on = opts.rescan, tuple(opts.fail_on)

@@ -83,6 +83,17 @@ def test_both_engines_and_the_stand_in_follow_the_protocol(tmp_path: Path) -> No
     assert not isinstance(object(), Engine)
 
 
+def test_the_models_the_engines_open_follow_the_scan_model_protocol(onnx_model_dir: Path) -> None:
+    from mai.session import open_model
+    from scanner.engine import ScanModel
+    from scanner.engine_ray import RayEngine, RayModel
+
+    model = open_model(onnx_model_dir, device="cpu")
+    for m in (model, RayModel(model, RayEngine(str(onnx_model_dir), "cpu", 1))):
+        assert isinstance(m, ScanModel), m
+    assert not isinstance(object(), ScanModel)
+
+
 def test_exit_status_follows_the_records(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = _lib(tmp_path / "lib", {"a.png": 3, "b.png": 7})
     out = tmp_path / "out.jsonl"
