@@ -8,10 +8,12 @@ neighbour slows both alike; figures are medians, with the best round beside):
 
 1. model: `OnnxModel.predict` (backbone + head) on the same uint8 batches,
    images/s, fp32 vs int8 (`open_model(..., precision=...)`), at --threads;
-2. scan: `mai-scan` end to end (a subprocess, start-up excluded: the steady rate
-   after its first record) on generated camera-sized JPEGs (4000x3000, q90;
-   `bench_scan.make_folder`), with `--precision fp32` and the default (int8 on a
-   CPU with int8 dot products), beside the model-only rate of the same precision;
+2. scan: `mai-scan` end to end (a subprocess) on generated camera-sized JPEGs
+   (4000x3000, q90; `bench_scan.make_folder`), with `--precision fp32` and the
+   default (int8 on a CPU with int8 dot products): the marginal rate of a folder
+   of --files and one of twice as many (start-up taken out), beside the
+   model-only rate of the same precision, and the bound that the decode's own CPU
+   cost sets when decode and model share the cores;
 3. probe: the default model's metrics with each graph, on --data: ROC-AUC on val
    and on test_generator (its fakes against val's reals), accuracy at the stored
    threshold, and how many val verdicts (synthetic / uncertain / authentic, with
@@ -63,22 +65,44 @@ def model_only(models: dict, x: np.ndarray, rounds: int) -> dict[str, tuple[floa
     return {p: (len(x) / float(np.median(t)), len(x) / min(t)) for p, t in times.items()}
 
 
-def scan_part(files: int, workers: int, threads: int, batch: int, rounds: int) -> dict[str, list[dict]]:
+def decode_cost(folder: Path, spec: object, n: int = 16) -> float:
+    """CPU seconds one file costs the scan's own decode (`scanner.decode.decode_file`:
+    DCT-scaled JPEG decode, EXIF orientation, the model's preprocessing), on one
+    thread, median over n files."""
     import bench_scan
 
+    from scanner.decode import decode_file
+
+    costs = []
+    for path in bench_scan.files_of(folder)[:n]:
+        t0 = time.process_time()
+        decode_file(path, spec)
+        costs.append(time.process_time() - t0)
+    return float(np.median(costs))
+
+
+def scan_part(files: int, workers: int, threads: int, batch: int, rounds: int) -> dict:
+    """Each precision scans `files` and then 2 x `files` camera-sized JPEGs (the
+    bigger folder holds the smaller one's files and as many more); the marginal rate,
+    files / (wall(2 x files) - wall(files)), is the scan's pace with start-up (the
+    interpreter, the model, the first batch) taken out."""
+    import bench_scan
+
+    from mai.artifact import default_model_dir, load_artifact
     from mai.session import precisions_for
 
-    folder = bench_scan.make_folder(files, (4000, 3000), 0, (0, 0), max(1, workers))
-    default = str(ROOT / "mai" / "pretrained" / "mai-clip-wild")
+    folders = [bench_scan.make_folder(n, (4000, 3000), 0, (0, 0), max(1, workers)) for n in (files, 2 * files)]
+    default = str(default_model_dir())  # the model the model-only part opens (open_model(None, ...))
     home = os.environ.get("MAI_HOME") or tempfile.mkdtemp(prefix="mai-bench-home-")  # graphs built once
-    out: dict[str, list[dict]] = {"fp32": [], "auto": []}
+    out: dict = {"fp32": [], "auto": []}
     for _ in range(rounds):
         for p in out:
             extra = ["--threads", str(threads)] + (["--precision", "fp32"] if p == "fp32" else [])
-            r = bench_scan.mai_scan(folder, default, workers, batch, extra, home=home)
+            small, big = (bench_scan.mai_scan(f, default, workers, batch, extra, home=home) for f in folders)
             # The scan runs quietly (-q: no model line); the default follows this machine's rule.
-            r["precision"] = "fp32" if p == "fp32" else precisions_for("cpu")[0]
-            out[p].append(r)
+            out[p].append({"precision": "fp32" if p == "fp32" else precisions_for("cpu")[0],
+                           "marginal": files / max(big["wall_s"] - small["wall_s"], 1e-9), "rate": big["rate"]})
+    out["decode_s"] = decode_cost(folders[0], load_artifact(default).spec)
     return out
 
 
@@ -146,15 +170,25 @@ def main() -> None:
             print(f"  {p}: {med:6.2f} ({best:.2f})   x{med / rates['fp32'][0]:.2f} fp32")
     if "scan" in parts:
         res = scan_part(args.files, args.workers, args.threads, 32, args.scan_rounds)
-        print(f"\nmai-scan end to end, {args.files} JPEGs 4000x3000 q90, --workers {args.workers} "
-              f"--threads {args.threads} --batch-size 32, {args.scan_rounds} interleaved rounds:")
-        base = float(np.median([r["steady_rate"] for r in res["fp32"]]))
+        print(f"\nmai-scan end to end, {args.files} and {2 * args.files} JPEGs 4000x3000 q90, --workers "
+              f"{args.workers} --threads {args.threads} --batch-size 32, {args.scan_rounds} interleaved rounds; "
+              f"marginal rate = {args.files} / (wall({2 * args.files} files) - wall({args.files})):")
+        decode_s = res.pop("decode_s")
+        base = float(np.median([r["marginal"] for r in res["fp32"]]))
         for p, rs in res.items():
-            steady = float(np.median([r["steady_rate"] for r in rs]))
+            rate = float(np.median([r["marginal"] for r in rs]))
             prec = rs[0]["precision"]
-            print(f"  {'--precision fp32' if p == 'fp32' else 'default':17s} ({prec}): steady {steady:5.2f} img/s, "
-                  f"whole run {np.median([r['rate'] for r in rs]):5.2f} img/s; x{steady / base:.2f} fp32 scan; "
-                  f"{steady / rates[prec][0]:.2f} of model-only {prec}")
+            print(f"  {'--precision fp32' if p == 'fp32' else 'default':17s} ({prec}): marginal {rate:5.2f} img/s, "
+                  f"whole run of {2 * args.files} {np.median([r['rate'] for r in rs]):5.2f} img/s; "
+                  f"x{rate / base:.2f} fp32 scan; {rate / rates[prec][0]:.2f} of model-only {prec}")
+        # The scan decodes on the same cores the model runs on: each file costs the
+        # model's core-seconds (threads / model-only rate) plus its decode's.
+        cores = os.cpu_count() or 1
+        print(f"  decode + preprocessing, one thread: {decode_s * 1000:.0f} ms a file; if the model's threads "
+              f"were busy all the time, {cores} cores would scan about " + ", ".join(
+                  f"{cores / (decode_s + args.threads / rates[p][0]):.2f} img/s {p} "
+                  f"({cores / (decode_s + args.threads / rates[p][0]) / rates[p][0]:.2f} of model-only)"
+                  for p in rates))
     if "probe" in parts:
         res = probe_part(models, args.data, args.batch_size)
         print(f"\nprobe metrics on {Path(args.data).name} (test_generator: its fakes vs val's reals):")
