@@ -9,8 +9,9 @@ neighbour slows both alike; figures are medians, with the best round beside):
 1. model: `OnnxModel.predict` (backbone + head) on the same uint8 batches,
    images/s, fp32 vs int8 (`open_model(..., precision=...)`), at --threads;
 2. scan: `mai-scan` end to end (a subprocess) on generated camera-sized JPEGs
-   (4000x3000, q90; `bench_scan.make_folder`), with `--precision fp32` and the
-   default (int8 on a CPU with int8 dot products): the marginal rate of a folder
+   (4000x3000, q90; `bench_scan.make_folder`), with `--precision fp32` and
+   `--precision int8` (the default picks int8 on a CPU with int8 dot products,
+   fp32 elsewhere; the output says which): the marginal rate of a folder
    of --files and one of twice as many (start-up taken out), beside the
    model-only rate of the same precision, and the bound that the decode's own CPU
    cost sets when decode and model share the cores;
@@ -94,14 +95,16 @@ def scan_part(files: int, workers: int, threads: int, batch: int, rounds: int) -
     folders = [bench_scan.make_folder(n, (4000, 3000), 0, (0, 0), max(1, workers)) for n in (files, 2 * files)]
     default = str(default_model_dir())  # the model the model-only part opens (open_model(None, ...))
     home = os.environ.get("MAI_HOME") or tempfile.mkdtemp(prefix="mai-bench-home-")  # graphs built once
-    out: dict = {"fp32": [], "auto": []}
+    # Both precisions by name, so a CPU whose default is fp32 (no int8 dot products)
+    # still measures the int8 scan; which one the default picks is printed beside.
+    out: dict = {p: [] for p in PRECISIONS}
     for _ in range(rounds):
         for p in out:
-            extra = ["--threads", str(threads)] + (["--precision", "fp32"] if p == "fp32" else [])
+            extra = ["--threads", str(threads), "--precision", p]
             small, big = (bench_scan.mai_scan(f, default, workers, batch, extra, home=home) for f in folders)
-            # The scan runs quietly (-q: no model line); the default follows this machine's rule.
-            out[p].append({"precision": "fp32" if p == "fp32" else precisions_for("cpu")[0],
+            out[p].append({"precision": p,
                            "marginal": files / max(big["wall_s"] - small["wall_s"], 1e-9), "rate": big["rate"]})
+    out["default"] = precisions_for("cpu")[0]
     out["decode_s"] = decode_cost(folders[0], load_artifact(default).spec)
     return out
 
@@ -174,11 +177,13 @@ def main() -> None:
               f"{args.workers} --threads {args.threads} --batch-size 32, {args.scan_rounds} interleaved rounds; "
               f"marginal rate = {args.files} / (wall({2 * args.files} files) - wall({args.files})):")
         decode_s = res.pop("decode_s")
+        default_precision = res.pop("default")
         base = float(np.median([r["marginal"] for r in res["fp32"]]))
         for p, rs in res.items():
             rate = float(np.median([r["marginal"] for r in rs]))
             prec = rs[0]["precision"]
-            print(f"  {'--precision fp32' if p == 'fp32' else 'default':17s} ({prec}): marginal {rate:5.2f} img/s, "
+            tag = " (this CPU's default)" if p == default_precision else ""
+            print(f"  --precision {p}{tag}: marginal {rate:5.2f} img/s, "
                   f"whole run of {2 * args.files} {np.median([r['rate'] for r in rs]):5.2f} img/s; "
                   f"x{rate / base:.2f} fp32 scan; {rate / rates[prec][0]:.2f} of model-only {prec}")
         # The scan decodes on the same cores the model runs on: each file costs the
