@@ -73,10 +73,16 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, T, D, 1), dtype=np.uint8)
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray, outs: list[str]) -> list[np.ndarray]:
+def _run(model: onnx.ModelProto, x: np.ndarray, outs: list[str], fused: bool = True) -> list[np.ndarray]:
+    """fused=False: no graph optimisation, so each DequantizeLinear -> MatMul runs in
+    float and the result is the quantization scheme's alone, the same on every CPU
+    (fused, a CPU without VNNI multiplies uint8 by int8 with 16-bit saturating adds)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if not fused:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(outs, {"image": x})
 
 
@@ -129,7 +135,7 @@ def test_without_smoothing_outlier_channels_cost_accuracy() -> None:
     (want,) = _run(m, x, ["y"])
     err = {}
     for alpha in (0.0, 0.8):
-        (got,) = _run(Q.quantize(m, _calibrated(m, alpha)), x, ["y"])
+        (got,) = _run(Q.quantize(m, _calibrated(m, alpha)), x, ["y"], fused=False)
         err[alpha] = float(np.abs(got - want).mean())
     assert err[0.8] < 0.8 * err[0.0], err
 
@@ -181,12 +187,16 @@ def test_backbone_int8_graph_is_cached_keeps_every_output_and_is_batch_invariant
     assert "mai.layer0.cls" in [o.name for o in q.graph.output]
     x = np.random.default_rng(5).integers(0, 256, (6, stand_in.SIDE, stand_in.SIDE, 3), dtype=np.uint8)
     sess = stand_in.cpu_session(f8)
+    m8 = onnx.load(str(f8))
     for out in bbmod.FEATURES:
         together = sess.run([out], {"image": x})[0]
         alone = np.concatenate([sess.run([out], {"image": x[i:i + 1]})[0] for i in range(len(x))])
         np.testing.assert_array_equal(alone, together)
+        # Closeness is the scheme's, measured unfused: fused, a CPU without VNNI adds its
+        # own 16-bit saturation (benchmarks/README.md), which this test is not about.
+        (scheme,) = _run(m8, x, [out], fused=False)
         want = stand_in.cpu_session(f32).run([out], {"image": x})[0]
-        np.testing.assert_allclose(together, want, atol=0.05 * max(1.0, float(np.abs(want).max())))
+        np.testing.assert_allclose(scheme, want, atol=0.05 * max(1.0, float(np.abs(want).max())))
 
 
 def test_precision_rule_int8_on_cpus_with_int8_dot_products(monkeypatch) -> None:
