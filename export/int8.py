@@ -38,10 +38,9 @@ class Int8Settings:
 def calibrate_int8(model_path: str | None, data: str, settings: Int8Settings = Int8Settings(), *,
                    threads: int | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Write `int8.json` beside the probe at `model_path`, from images of `data`."""
-    import onnx
 
     from mai.artifact import load_artifact
-    from mai.backbone import GRAPH_VERSION, feature_graph, get_backbone
+    from mai.backbone import GRAPH_VERSION, full_graph, get_backbone
     from mai.quantize import Stats, calibration, collect
     from mai_train.data import open_dataset
     from mai_train.evaluate import decode_item
@@ -58,7 +57,7 @@ def calibrate_int8(model_path: str | None, data: str, settings: Int8Settings = I
     items = list(ds.split(split))
     random.Random(seed).shuffle(items)
     items = items[:images]
-    fp32 = onnx.load(str(feature_graph(bb, log)))
+    fp32 = full_graph(bb)  # every token of every block: what the int8 graph is quantized from
 
     def batches() -> Any:
         batch: list[np.ndarray] = []
