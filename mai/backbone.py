@@ -24,7 +24,10 @@ Outputs of the feature graph: `embed` (the 512-d projected image embedding),
 `layers` (the class token after each of the 12 blocks, concatenated: 12 x 768).
 Intermediate blocks keep low-level traces that the last layer's semantic summary
 has mostly dropped; probes on them transfer better to unseen generators (RINE,
-Koutlis & Papadopoulos, ECCV 2024). All three come from one forward pass.
+Koutlis & Papadopoulos, ECCV 2024). All three come from one forward pass, and all
+three read only the last block's class token, so every served graph computes that
+block for the class token alone (`class_token_only`: the same features, about 12%
+faster on the CPU, `benchmarks/bench_cls_only.py`).
 """
 
 from __future__ import annotations
