@@ -30,12 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import _cpu_name as cpu_name  # noqa: E402
 
 
-def session(model: object, threads: int):
+def session(model: object, threads: int, optimise: bool = True):
+    """A CPU session on a graph (a ModelProto or a path) with MAI's CPU thread settings;
+    optimise=False runs every node as written (no fused kernels)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as mai.session does on the CPU
+    if not optimise:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 

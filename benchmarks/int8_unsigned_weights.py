@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_cls_only import session  # noqa: E402  (one CPU-session rule for both scripts)
 from bench_model import _cpu_name as cpu_name  # noqa: E402
 
 
@@ -69,17 +70,9 @@ def main() -> None:
     int8 = feature_graph(bb, print, "int8", art.path / "int8.json")
     copy, n = unsigned_copy(onnx.load(str(int8)))
 
-    def session(src: object, optimise: bool = True):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if not optimise:
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(src if isinstance(src, bytes) else str(src), opts,
-                                    providers=["CPUExecutionProvider"])
-
-    s = {"fp32": session(feature_graph(bb)), "int8 (int8 weights)": session(int8),
-         "int8 (uint8 weights)": session(copy.SerializeToString()), "reference": session(int8, optimise=False)}
+    t = args.threads
+    s = {"fp32": session(feature_graph(bb), t), "int8 (int8 weights)": session(int8, t),
+         "int8 (uint8 weights)": session(copy, t), "reference": session(int8, t, optimise=False)}
     x = np.random.default_rng(0).integers(0, 256, (args.batch_size, bb.size, bb.size, 3), dtype=np.uint8)
     out = {k: v.run(["layers"], {"image": x})[0] for k, v in s.items()}
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; ONNX Runtime {ort.__version__}; {n} weights re-stored; "

@@ -199,7 +199,7 @@ def feature_graph(bb: Backbone, log: Callable[[str], None] | None = None, precis
             log(f"model: building the int8 graph of the {bb.name} backbone once, in {out.parent} (about 170 MB)")
         # Calibrated on the full graph (`full_graph`), so quantized before the class-token pass.
         cal = Calibration.load(calibration)  # type: ignore[arg-type]
-        model = class_token_only(quantize(_rewrite(src, bb), cal), bb)
+        model = class_token_only(quantize(full_graph(bb), cal), bb)
         model.graph.name = f"mai.{bb.name}.int8"
         return save_atomic(model, out)
     if precision == "fp16":
