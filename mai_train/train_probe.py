@@ -91,19 +91,27 @@ def feature_session(bb: Backbone, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(feature_graph(bb)), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def feature_cache_path(bb: Backbone, ds: DataSet, items: list[Item], spec: PreprocessSpec,
+                       perturb: str | None = None) -> Path:
+    """Where `cached_features` keeps these items' features (`.npz`); a study that
+    keeps more of the graph's outputs names its own files after it."""
+    from mai.backbone import GRAPH_VERSION
+
+    key = hashlib.sha256(json.dumps(
+        [bb.sha256, GRAPH_VERSION, spec.to_json(), ds.fingerprint(), [it.relpath for it in items],
+         perturb or ""]).encode()).hexdigest()
+    return app_dir() / "features" / f"{key[:24]}.npz"
+
+
 def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: PreprocessSpec, threads: int | None,
                     batch_size: int, log: Any = None, perturb: str | None = None) -> Features:
     """`mai_train.probe.extract`, cached by backbone graph, spec, data, items and
     `perturb` (a name in `mai_train.augment.PERTURBATIONS`: the copies it makes)."""
-    from mai.backbone import GRAPH_VERSION
     from mai_train.augment import PERTURBATIONS
 
     if perturb is not None and perturb not in PERTURBATIONS:
         raise ProbeError(f"unknown perturbation {perturb!r}; use one of {', '.join(PERTURBATIONS)}")
-    key = hashlib.sha256(json.dumps(
-        [bb.sha256, GRAPH_VERSION, spec.to_json(), ds.fingerprint(), [it.relpath for it in items],
-         perturb or ""]).encode()).hexdigest()
-    path = app_dir() / "features" / f"{key[:24]}.npz"
+    path = feature_cache_path(bb, ds, items, spec, perturb)
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return Features({n: z[n] for n in FEATURES if n in z}, z["labels"], list(z["sources"]),
