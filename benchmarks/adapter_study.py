@@ -12,7 +12,7 @@ tokens are extracted once and cached (fp16, about 300 KB an image).
 Recipe (LP-FT: a probe first, then the adapter and the probe together, which keeps
 the pretrained features' robustness better than tuning from a random head; Kumar
 et al., ICLR 2022): the default's MLP (`fit_mlp`) on frozen features, then LoRA of
-rank `--rank` on the block's seven products (q, k, v, out, fc1, fc2) trained jointly
+rank `--rank` on the block's six products (q, k, v, out, fc1, fc2) trained jointly
 with that head for `--epochs` epochs. A merged adapter is exactly a new weight
 matrix, so a winner would ship as changed block-12 weights in the backbone graph.
 
@@ -304,7 +304,7 @@ class Adapted:
                 idx = np.arange(i, min(i + batch, len(r.pool.labels)))
                 lo = self.model(torch.tensor(r.pool.x[idx], dtype=torch.float32), torch.tensor(r.tokens(idx)))
                 out.append(torch.sigmoid(lo).numpy())
-        return np.concatenate(out).astype(np.float64)
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
 class Frozen:
@@ -372,6 +372,7 @@ def logo(fit, tr: Rows, val: Rows, only: set[str] | None = None) -> dict[str, fl
         unseen = np.concatenate([m.prob_rows(tr.sub(out)), m.prob_rows(val.sub((v.labels == 1) & (v.generator == g)))])
         reals = m.prob_rows(val.sub((v.labels == 0) & np.isin(v.dataset, home)))
         aucs[g] = metrics.roc_auc(np.r_[unseen, reals], np.r_[np.ones(len(unseen)), np.zeros(len(reals))])
+        print(f"    left out {g}: ROC-AUC {aucs[g]:.3f}", flush=True)
     return aucs
 
 
@@ -385,7 +386,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=5e-4, help="the adapter's peak learning rate")
     ap.add_argument("--head-lr", type=float, default=1e-4)
-    ap.add_argument("--logo", default="", help="comma-separated generators to leave out (default: all)")
+    ap.add_argument("--logo", default="", help="generators to leave out, separated by ';' (default: all)")
+    ap.add_argument("--models", default="frozen,adapter", help="which rows: frozen, adapter or both")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     d = Data(args.shared, args.wild)
@@ -424,10 +426,12 @@ def main() -> None:
         "wild test": vs(Rows.of([d.load("wild", "test_generator", None, None)]),
                         Rows.of([d.load("wild", "test_real", None, None)])),
     }
-    only = set(args.logo.split(",")) if args.logo else None
+    only = set(args.logo.split(";")) if args.logo else None
     fits = {"frozen MLP (the default's recipe)": fit_frozen,
             f"LoRA r{args.rank} on block 12, {args.epochs} ep, lr {args.lr:g}":
                 lambda r: fit_adapter(r, weights, args.rank, args.epochs, args.lr, args.head_lr)}
+    fits = {k: f for (k, f), key in zip(fits.items(), ("frozen", "adapter"), strict=True)
+            if key in args.models.split(",")}
     print(f"{len(tr.pool.labels)} training rows, {len(val.pool.labels)} validation rows")
     print("| model | LOGO mean ROC-AUC (min, n) | val ROC-AUC | " + " | ".join(
         f"{k}: ROC-AUC / TPR at val FPR 5%" for k in tests) + " | seconds |")
