@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from head_study import folds  # noqa: E402
 from probe_study import EXCLUDE, cat  # noqa: E402
 
 from mai.backbone import FEATURES, feature_graph, get_backbone  # noqa: E402
@@ -48,7 +49,7 @@ from mai_train.data import open_dataset  # noqa: E402
 from mai_train.evaluate import decode_item  # noqa: E402
 from mai_train.probe import MlpConfig, fit_mlp  # noqa: E402
 from mai_train.probe_data import select  # noqa: E402
-from mai_train.train_probe import MIN_HELD_OUT, Pool, feature_cache_path, parse_blocks, probe_spec  # noqa: E402
+from mai_train.train_probe import Pool, feature_cache_path, parse_blocks, probe_spec  # noqa: E402
 
 SELECT = parse_blocks("7-12", 12)
 TOKENS = "tok11"  # block 11's output, all 197 tokens: the last block's input
@@ -359,13 +360,8 @@ def logo(fit, tr: Rows, val: Rows, only: set[str] | None = None) -> dict[str, fl
     """ROC-AUC of each training generator's fakes under a model trained without it
     (as benchmarks/head_study.py)."""
     aucs = {}
-    p, v = tr.pool, val.pool
-    fakes = p.labels == 1
-    for g in sorted(set(p.generator[fakes])):
-        out = fakes & (p.generator == g)
-        home = sorted(set(p.dataset[out]))
-        if out.sum() < MIN_HELD_OUT or (fakes & ~out & np.isin(p.dataset, home)).sum() < MIN_HELD_OUT:
-            continue
+    v = val.pool
+    for g, out, home in folds(tr.pool):
         if only is not None and g not in only:
             continue
         m = fit(tr.sub(~out))

@@ -37,15 +37,21 @@ def fitter(kind: str, size: float):
     return lambda p: fit_mlp(p.x, p.labels, MlpConfig(hidden=int(size)), blocks=12, select=SELECT, weight=p.weight)
 
 
-def logo(fit, tr: Pool, val: Pool) -> list[float]:
-    """ROC-AUC of each training generator's fakes under a head trained without it."""
-    aucs = []
+def folds(tr: Pool):
+    """(generator, its training fakes as a mask, the data sets it comes from) for each
+    generator with enough fakes to leave out, and enough others left in its data sets."""
     fakes = tr.labels == 1
     for g in sorted(set(tr.generator[fakes])):
         out = fakes & (tr.generator == g)
         home = sorted(set(tr.dataset[out]))
-        if out.sum() < MIN_HELD_OUT or (fakes & ~out & np.isin(tr.dataset, home)).sum() < MIN_HELD_OUT:
-            continue
+        if out.sum() >= MIN_HELD_OUT and (fakes & ~out & np.isin(tr.dataset, home)).sum() >= MIN_HELD_OUT:
+            yield g, out, home
+
+
+def logo(fit, tr: Pool, val: Pool) -> list[float]:
+    """ROC-AUC of each training generator's fakes under a head trained without it."""
+    aucs = []
+    for g, out, home in folds(tr):
         head = fit(tr.rows(~out))
         unseen = np.concatenate([head.prob(tr.x[out]), head.prob(val.x[(val.labels == 1) & (val.generator == g)])])
         reals = head.prob(val.x[(val.labels == 0) & np.isin(val.dataset, home)])
