@@ -24,6 +24,9 @@ finds those files); `study` prints one row per model. The rule, written before a
 figure was seen: the adapter is kept only if its leave-one-generator-out mean
 ROC-AUC on the training generators beats the frozen probe's by >= 0.005 with
 validation ROC-AUC not lower; the held-out columns are printed for the record.
+
+Result (2026-12-06, AMD EPYC, 2 cores): not kept, LOGO mean 0.949 against 0.948 over five
+folds, held-out sets unchanged; the table is in mai/pretrained/mai-clip-wild-mlp/README.md.
 """
 
 from __future__ import annotations
@@ -46,10 +49,10 @@ from probe_study import EXCLUDE, cat  # noqa: E402
 from mai.backbone import FEATURES, feature_graph, get_backbone  # noqa: E402
 from mai_train import metrics  # noqa: E402
 from mai_train.data import open_dataset  # noqa: E402
-from mai_train.evaluate import decode_item  # noqa: E402
+from mai_train.evaluate import Features, decode_item  # noqa: E402
 from mai_train.probe import MlpConfig, fit_mlp  # noqa: E402
 from mai_train.probe_data import select  # noqa: E402
-from mai_train.train_probe import Pool, feature_cache_path, parse_blocks, probe_spec  # noqa: E402
+from mai_train.train_probe import Pool, feature_cache_path, parse_blocks, probe_spec, save_features  # noqa: E402
 
 SELECT = parse_blocks("7-12", 12)
 TOKENS = "tok11"  # block 11's output, all 197 tokens: the last block's input
@@ -142,11 +145,8 @@ class Data:
             np.save(tok_path.with_name(tok_path.name + ".tmp.npy"), np.concatenate(out[TOKENS]))
             Path(str(tok_path) + ".tmp.npy").replace(tok_path)
             if not path.is_file():  # the probe's own cache: same key, same graph, same arrays
-                tmp = path.with_name(path.name + ".tmp.npz")
-                np.savez(tmp, labels=np.asarray(labels, np.int64), sources=np.asarray(sources, dtype=str),
-                         relpaths=np.asarray(relpaths, dtype=str), unreadable=np.asarray(bad, dtype=str).reshape(-1, 2),
-                         **{n: np.concatenate(out[n]) for n in FEATURES})
-                tmp.replace(path)
+                save_features(path, Features({n: np.concatenate(out[n]) for n in FEATURES},
+                                             np.asarray(labels, np.int64), sources, relpaths, bad))
             say(f"  {key} {split} {perturb or 'clean'}: {len(items)} in {time.monotonic() - t0:.0f} s")
         with np.load(path, allow_pickle=False) as z:
             rel = list(z["relpaths"])

@@ -126,12 +126,17 @@ def cached_features(bb: Backbone, ds: DataSet, items: list[Item], spec: Preproce
 
     f = extract(feature_session(bb, threads), ds, items, spec, batch_size, progress=progress,
                 perturb=PERTURBATIONS[perturb] if perturb else None)
+    save_features(path, f)
+    return f
+
+
+def save_features(path: Path, f: Features) -> None:
+    """A feature cache file, written under a temporary name and renamed (a cut run leaves none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, labels=f.labels, sources=np.asarray(f.sources, dtype=str), relpaths=np.asarray(f.relpaths, dtype=str),
              unreadable=np.asarray(f.unreadable, dtype=str).reshape(-1, 2), **f.feats)
     os.replace(tmp, path)
-    return f
 
 
 def parse_blocks(text: str | None, n: int) -> tuple[int, ...]:
