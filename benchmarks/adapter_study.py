@@ -142,8 +142,9 @@ class Data:
                         say(f"  {key} {split} {perturb or 'clean'}: {k}/{len(items)} "
                             f"{k / (time.monotonic() - t0):.1f}/s")
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(tok_path.with_name(tok_path.name + ".tmp.npy"), np.concatenate(out[TOKENS]))
-            Path(str(tok_path) + ".tmp.npy").replace(tok_path)
+            tmp = tok_path.with_name(tok_path.name + ".tmp.npy")
+            np.save(tmp, np.concatenate(out[TOKENS]))
+            tmp.replace(tok_path)
             if not path.is_file():  # the probe's own cache: same key, same graph, same arrays
                 save_features(path, Features({n: np.concatenate(out[n]) for n in FEATURES},
                                              np.asarray(labels, np.int64), sources, relpaths, bad))
