@@ -39,3 +39,26 @@ def model_args(onnx_model_dir: Path) -> list[str]:
     """mai-scan options for the random test model, on the CPU."""
     return ["--model", str(onnx_model_dir), "--device", "cpu", "--threads", "1"]
 
+
+
+# ---------------------------------------------------------------------------- the session's exit
+#: Seconds the interpreter may take to exit once pytest has finished.
+EXIT_GRACE_S = 120
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A test run that hangs on its way out fails fast, and says where it hung.
+
+    Why: at stop 30 CI printed "501 passed" and then the process did not exit for 90 minutes (a thread
+    or process left blocked keeps the interpreter from finishing). From here on, if the interpreter
+    is still alive EXIT_GRACE_S after pytest is done, every thread's stack goes to stderr and the run
+    ends with status 1. A clean exit ends the process first, so this never fires on a healthy run.
+    """
+    import faulthandler
+    import sys
+    import threading
+
+    left = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if left:  # these are the threads the interpreter will wait for
+        print(f"\nconftest: non-daemon threads alive at exit: {[t.name for t in left]}", file=sys.__stderr__)
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)
