@@ -88,9 +88,15 @@ class DecodePool:
         if not abort:
             ex.shutdown(wait=True)
             return
+        # Interrupted or broken: end every worker, so none is left stuck in a huge decode or
+        # waiting for work. The table is read before shutdown, which drops it: read after
+        # (as until stop 31), it was empty and no worker was ended. A worker the executor
+        # never told to stop (one spawned by a submit that raced the pool's breaking) then
+        # kept the executor's manager thread joining it, and the interpreter's exit waits
+        # for that thread: CI at stop 30 printed its results and did not exit for 90 minutes.
+        workers = list((getattr(ex, "_processes", None) or {}).values())
         ex.shutdown(wait=False, cancel_futures=True)
-        # Interrupted or broken: do not wait for a worker stuck in a huge decode.
-        for p in list((getattr(ex, "_processes", None) or {}).values()):
+        for p in workers:
             with contextlib.suppress(Exception):
                 p.terminate()
 
