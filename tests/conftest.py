@@ -58,6 +58,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     import sys
     import threading
 
+    main = str(getattr(sys.modules.get("__main__"), "__file__", None) or "")
+    if Path(sys.argv[0]).name not in ("pytest", "py.test") and not main.endswith("pytest/__main__.py"):
+        return  # pytest.main() inside a longer-lived program: its exit is not ours to time
     left = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if left:  # these are the threads the interpreter will wait for
         print(f"\nconftest: non-daemon threads alive at exit: {[t.name for t in left]}", file=sys.__stderr__)
