@@ -88,14 +88,20 @@ class DecodePool:
         if not abort:
             ex.shutdown(wait=True)
             return
-        # Interrupted or broken: end every worker, so none is left stuck in a huge decode or
-        # waiting for work. The table is read before shutdown, which drops it: read after
-        # (as until stop 31), it was empty and no worker was ended. A worker the executor
-        # never told to stop (one spawned by a submit that raced the pool's breaking) then
-        # kept the executor's manager thread joining it, and the interpreter's exit waits
-        # for that thread: CI at stop 30 printed its results and did not exit for 90 minutes.
-        workers = list((getattr(ex, "_processes", None) or {}).values())
+        # Interrupted or broken: cancel what has not started, and do not wait.
+        workers = list((getattr(ex, "_processes", None) or {}).values())  # shutdown drops this table
+        broken = bool(getattr(ex, "_broken", False))
         ex.shutdown(wait=False, cancel_futures=True)
+        if not broken:
+            # A healthy pool's workers finish the chunk they hold (each file bounded by the
+            # decode timeout) and stop. Never kill one here: ended while sending its result, it
+            # leaves the executor's manager thread reading half a message forever, and the
+            # interpreter's exit waits for that thread (seen in a CI-like run, stop 31).
+            return
+        # Broken: the executor's own teardown ended the workers it knew of, and its manager
+        # reads no more results. A worker spawned by a submit that raced the breaking was
+        # never told to stop, and the manager's join of it held the interpreter's exit (CI
+        # at stop 30 printed its results, then did not finish for 90 minutes): end them all.
         for p in workers:
             with contextlib.suppress(Exception):
                 p.terminate()

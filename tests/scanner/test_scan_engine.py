@@ -225,30 +225,13 @@ def test_interrupt_stops_cleanly(model: Any, tmp_path: Path) -> None:
             options=EngineOptions(workers=2, batch_size=2))
     assert len(seen) == 5 and time.monotonic() - t0 < 30
     assert not [t for t in threading.enumerate() if t.name == "mai-scan-walk" and t.is_alive()]
-
-
-def test_an_aborted_pool_ends_its_workers_so_the_process_can_exit(model: Any, tmp_path: Path) -> None:
-    # A worker stuck in a decode with no timeout: only close(abort=True) can end it. Left
-    # alive, it keeps the executor's manager thread waiting, and the interpreter's exit with it.
-    from scanner.decode_pool import DecodePool
-
-    (tmp_path / "hang-0.png").write_bytes(encode(photo(), "PNG"))
-    pool = DecodePool(1, model.spec, EngineOptions(decode_fn=hanging_decode_chunk, decode_timeout_s=None))
-    fut = pool.submit([str(tmp_path / "hang-0.png")])
-    assert pool.ex is not None
-    workers, manager = list(pool.ex._processes.values()), pool.ex._executor_manager_thread
-    assert workers and manager is not None
-    try:
-        pool.close(abort=True)
-        for p in workers:
-            p.join(timeout=10)
-        assert not [p.pid for p in workers if p.is_alive()], "close(abort=True) left a worker running"
-        manager.join(timeout=10)
-        assert not manager.is_alive() and fut.done()
-    finally:  # a failure here must not hang the rest of the run on its way out
-        for p in workers:
-            if p.is_alive():
-                p.kill()
+    # Nothing is left to hold the interpreter's exit: the decode pool's manager thread ends
+    # once its workers have finished the chunks they held (at stop 31 one was killed while
+    # sending a result, and the manager read half a message forever).
+    managers = [t for t in threading.enumerate() if type(t).__name__ == "_ExecutorManagerThread"]
+    for t in managers:
+        t.join(timeout=30)
+    assert not [t.name for t in managers if t.is_alive()]
 
 
 def test_workers_that_cannot_start_are_a_clear_error(model: Any, tmp_path: Path,
